@@ -195,7 +195,8 @@ class HubResNet(ResNet):
             raise FileExistsError(f"{folder} already exists: choose another folder or allow overwriting")
         state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
         with _atomic_folder(folder) as tmp:
-            save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt", "producer": FORMAT})
+            # One metadata key: safetensors orders several at random, and identical weights should give identical bytes.
+            save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
             (tmp / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2) + "\n", encoding="utf-8")
             (tmp / CARD_NAME).write_text(render_card(self), encoding="utf-8")
         return folder
@@ -222,6 +223,7 @@ class HubResNet(ResNet):
                 "no Hugging Face token: log in with `hf auth login`, set HF_TOKEN, or pass token=... "
                 "(a token with write access)"
             )
+        failure = None
         with tempfile.TemporaryDirectory(prefix="resnet-hub-push-") as tmp:
             folder = self.save_pretrained(Path(tmp) / "model")
             try:
@@ -229,7 +231,10 @@ class HubResNet(ResNet):
                 api.create_repo(repo_id, private=private, exist_ok=True)
                 commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
             except Exception as e:  # noqa: BLE001 - any failure becomes one message without the token
-                raise PushError(f"push to {repo_id} failed: {_scrub(str(e), token)}") from None
+                failure = _scrub(str(e), token)
+        if failure is not None:
+            # Raised outside the except block, so no chained exception carries the token either.
+            raise PushError(f"push to {repo_id} failed: {failure}")
         return str(commit.commit_url)
 
 
@@ -483,14 +488,19 @@ class _TimmLayout(_Layout):
                 f"timm architecture {arch!r} in {folder / CONFIG_NAME} is not a plain ResNet: "
                 f"resnet-hub reads {', '.join(ARCHITECTURES)}"
             )
-        if cfg.get("model_args"):
-            raise LayoutError(f"{folder / CONFIG_NAME} sets timm model_args {cfg['model_args']}, which change the architecture")
+        model_args = dict(cfg.get("model_args") or {})
+        if model_args.pop("global_pool", "avg") != "avg" or set(model_args) - {"in_chans", "num_classes"}:
+            raise LayoutError(
+                f"{folder / CONFIG_NAME} sets timm model_args {cfg['model_args']}, which change the "
+                f"architecture: resnet-hub reads plain ResNets with average pooling"
+            )
         pcfg = cfg["pretrained_cfg"]
         in_chans, height, width = pcfg.get("input_size", (3, 224, 224))
         if height != width:
             raise LayoutError(f"{folder / CONFIG_NAME}: non-square input_size {height}x{width} is not supported")
-        num_classes = int(cfg.get("num_classes", pcfg.get("num_classes", 1000)))
-        config = ResNetConfig(architecture=arch, num_classes=num_classes, in_chans=int(cfg.get("in_chans", in_chans)))
+        num_classes = int(model_args.get("num_classes", cfg.get("num_classes", pcfg.get("num_classes", 1000))))
+        in_chans = int(model_args.get("in_chans", cfg.get("in_chans", in_chans)))
+        config = ResNetConfig(architecture=arch, num_classes=num_classes, in_chans=in_chans)
         preprocessing = Preprocessing(
             input_size=int(height),
             crop_pct=float(pcfg.get("crop_pct", 0.875)),
