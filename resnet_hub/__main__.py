@@ -1,0 +1,304 @@
+"""The command line: ``python -m resnet_hub {classify,compare,bench,finetune,starter} ...``.
+
+Errors are one line on stderr and a non-zero exit; ``--json`` prints
+machine-readable results on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import ResNetHubError
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
+    if model:
+        p.add_argument("--model", default="resnet50",
+                       help="short name (resnet18, resnet50), Hub repo id (org/name[@rev]) or local folder (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto picks bf16 where the hardware runs it fast, else fp32 (default: %(default)s)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow first call, faster after)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m resnet_hub", description="Try, compare and fine-tune ResNets.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("classify", help="top-k labels of one or more images",
+                       description="Print the top-k labels of each image.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, GIF, BMP, TIFF)")
+    p.add_argument("--top-k", type=int, default=5, help="labels to show per image (default: %(default)s)")
+    _add_common(p)
+    p.set_defaults(run=_classify)
+
+    p = sub.add_parser("compare", help="one image through several models, with timings",
+                       description="Top-k of each model side by side, whether top-1 agrees, and timings.")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--models", nargs="+", default=["resnet18", "resnet50"], help="models to compare (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=5, help="labels per model (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per model after warm-up (default: %(default)s)")
+    _add_common(p, model=False)
+    p.set_defaults(run=_compare)
+
+    p = sub.add_parser("bench", help="this project's fast path against torchvision's eager fp32 ResNet",
+                       description="Latency, throughput and agreement of the fast path against torchvision's eager "
+                                   "fp32 ResNet with the same weights and inputs, in one run.")
+    p.add_argument("--models", nargs="+", default=["resnet18", "resnet50"], help="models to measure (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch for the throughput column (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per measurement (default: %(default)s)")
+    p.add_argument("--variants", nargs="+", default=None,
+                   help="fast-path variants to run (default: all that this device supports)")
+    _add_common(p, model=False)
+    p.set_defaults(run=_bench)
+
+    _add_finetune_parser(sub)
+
+    p = sub.add_parser("starter", help="train and store the offline starter digit models",
+                       description="Train ResNet-18 and ResNet-50 digit classifiers on the bundled MNIST sample "
+                                   "(no network) and keep them in the local model store.")
+    p.add_argument("--archs", nargs="+", default=["resnet18", "resnet50"], help="which (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="retrain even if already stored")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(run=_starter)
+    return parser
+
+
+def _add_finetune_parser(sub) -> None:
+    from .finetune import FinetuneConfig
+
+    d = FinetuneConfig()
+    p = sub.add_parser(
+        "finetune", help="fine-tune on a zip of class folders or the bundled MNIST sample",
+        description="Fine-tune a ResNet and save it in Hub layout. Runs unchanged under "
+                    "`torchrun --nproc_per_node=N -m resnet_hub finetune ...` (DistributedDataParallel).",
+    )
+    p.add_argument("--data", required=True,
+                   help="a .zip with one folder per class, 'mnist-sample' (bundled, offline), or 'mnist'/'cifar10' (download)")
+    p.add_argument("--base", default=d.base,
+                   help="starting weights: short name, Hub id, folder, or scratch:ARCH (default: %(default)s)")
+    p.add_argument("--out", required=True, help="folder to write the model to (refused if it exists, see --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 0.05 for sgd, 0.001 for adamw)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size (default: %(default)s)")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default=d.optimizer, help="(default: %(default)s)")
+    p.add_argument("--freeze", type=int, default=d.freeze,
+                   help="freeze the stem and the first N stages; -1 trains everything (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=None, help="training/inference input size in px (default: the base's)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held-out share, stratified (default: %(default)s)")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="split, order and initialisation seed (default: %(default)s)")
+    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds; nothing is saved")
+    p.add_argument("--push-to", default=None, metavar="USER/REPO",
+                   help="also push the result to this Hub repo (token from HF_TOKEN or `hf auth login`)")
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision; auto picks bf16 where the hardware runs it fast (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (schedule included)")
+    p.set_defaults(run=_finetune)
+
+
+def _finetune(args: argparse.Namespace) -> dict[str, Any]:
+    import os
+    from pathlib import Path
+
+    from .data import load_dataset
+    from .errors import PushError
+    from .finetune import FinetuneConfig, finetune
+    from .weights import parse_repo_id
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"--out {out} already exists: choose another folder or add --overwrite")
+    token = None
+    if args.push_to:
+        from huggingface_hub import get_token
+
+        parse_repo_id(args.push_to, allow_revision=False)  # refused before any training or upload
+        token = get_token()
+        if not token:
+            raise PushError("--push-to needs a Hugging Face token: set HF_TOKEN or run `hf auth login` first")
+    config = FinetuneConfig(
+        base=args.base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
+        freeze=args.freeze, image_size=args.image_size, val_fraction=args.val_fraction,
+        label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, precision=args.precision,
+        time_budget_s=args.time_budget,
+    )
+    dataset = load_dataset(args.data)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    bar = _ProgressBar(enabled=is_main and not args.json)
+    result = finetune(dataset, config, on_event=bar)
+    bar.close()
+    summary: dict[str, Any] = {
+        "stopped": result.stopped, "reason": result.reason, "val_accuracy": result.val_accuracy,
+        "images_per_s": result.images_per_s, "seconds": result.seconds,
+        "steps": sum(e.kind == "step" for e in result.history),
+        "lr_schedule": [e.lr for e in result.history if e.kind == "step"],
+        "out": None,
+    }
+    if result.stopped:
+        if is_main:
+            print(f"{result.reason}: nothing saved", file=sys.stderr)
+        return summary
+    if is_main:
+        summary["out"] = str(result.save(out, overwrite=args.overwrite))
+        summary["confusion_matrix"] = result.confusion_matrix
+        if args.push_to:
+            summary["pushed"] = result.model.push_to_hub(args.push_to, token=token)
+        if not args.json:
+            print(f"validation accuracy {result.val_accuracy:.2%} on {dataset.name}; saved to {out}")
+            for note in result.model.info.notes:
+                print(f"note: {note}")
+            if args.push_to:
+                print(f"pushed: {summary['pushed']}")
+    return summary
+
+
+class _ProgressBar:
+    """Draws fine-tune events as a tqdm bar (on the main process only)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, event) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if event.kind == "start":
+            print(event.message, file=sys.stderr)
+            self.bar = tqdm(total=event.total_steps, unit="step", dynamic_ncols=True)
+        elif event.kind == "step" and self.bar is not None:
+            self.bar.update(event.step - self.bar.n)
+            self.bar.set_postfix(epoch=f"{event.epoch + 1}/{event.epochs}", loss=f"{event.loss:.3f}",
+                                 img_s=f"{event.images_per_s:.0f}", lr=f"{event.lr:.3g}")
+        elif event.kind in ("epoch", "done", "stopped") and self.bar is not None:
+            self.bar.write(event.message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _starter(args: argparse.Namespace) -> dict[str, Any]:
+    from .store import build_starter
+
+    out = {}
+    for arch in args.archs:
+        bar = _ProgressBar(enabled=not args.json)
+        folder = build_starter(arch, on_event=bar, force=args.force)
+        bar.close()
+        from .weights import load
+
+        model = load(folder, device="cpu")
+        out[arch] = {"folder": str(folder), "val_accuracy": model.info.metrics.get("accuracy"),
+                     "seconds": model.info.training.get("seconds")}
+        if not args.json:
+            print(f"{arch}: {folder} (validation accuracy {out[arch]['val_accuracy']:.2%}, "
+                  f"trained in {out[arch]['seconds']} s)")
+    return out
+
+
+def _classify(args: argparse.Namespace) -> dict[str, Any]:
+    from .predict import Predictor
+
+    predictor = Predictor(args.model, args.device, args.precision, compile=args.compile)
+    _print_notes(predictor.notes, args)
+    results = {}
+    for path in args.images:
+        prediction = predictor.classify(path, top_k=args.top_k)
+        results[path] = prediction.as_dict()
+        if not args.json:
+            print(f"{path}:")
+            for label, p in prediction.as_dict().items():
+                print(f"  {p:7.2%}  {label}")
+    return {"model": predictor.name, "device": str(predictor.device), "precision": predictor.precision, "results": results}
+
+
+def _compare(args: argparse.Namespace) -> dict[str, Any]:
+    from .predict import compare
+
+    result = compare(args.image, args.models, top_k=args.top_k, runs=args.runs, device=args.device, precision=args.precision)
+    _print_notes(result.notes, args)
+    if not args.json:
+        for name, prediction in result.predictions.items():
+            print(f"{name}:")
+            for label, p in prediction.as_dict().items():
+                print(f"  {p:7.2%}  {label}")
+        print(f"top-1 agrees: {'yes' if result.agree else 'no'}\n")
+        print_table(result.table())
+    return {
+        "agree": result.agree,
+        "predictions": {n: p.as_dict() for n, p in result.predictions.items()},
+        "timings": {n: t.to_dict() for n, t in result.timings.items()},
+        "parameters": result.parameters,
+        "gmacs": result.gmacs,
+    }
+
+
+def _bench(args: argparse.Namespace) -> dict[str, Any]:
+    from .bench import run_bench
+
+    report = run_bench(
+        args.models, batch_size=args.batch_size, runs=args.runs, device=args.device, variants=args.variants,
+        compile=args.compile, log=None if args.json else print,
+    )
+    if not args.json:
+        print_table(report["rows"])
+        for note in report["notes"]:
+            print(f"note: {note}")
+    return report
+
+
+def print_table(rows: Sequence[dict[str, Any]]) -> None:
+    """Rows of dicts as an aligned Markdown table."""
+    if not rows:
+        return
+    headers = list(rows[0])
+    cells = [[_fmt(r.get(h, "")) for h in headers] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for c in cells:
+        print("| " + " | ".join(v.ljust(w) for v, w in zip(c, widths)) + " |")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 0.01 else f"{value:,.2f}"
+    return str(value)
+
+
+def _print_notes(notes: Sequence[str], args: argparse.Namespace) -> None:
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.run(args)
+    except (ResNetHubError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        json.dump(result, sys.stdout, indent=2, default=str)
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""Inference: a Predictor that loads weights once and serves top-k, timings and grad-CAM.
+
+The served model is a copy of the loaded one, prepared for speed: BatchNorm
+folded into the convolutions, channels_last memory, bf16 where the hardware
+computes it fast (AVX-512-BF16/AMX CPUs, Ampere+ GPUs), fp16 on older GPUs,
+and optionally ``torch.compile``. Each fast path is checked against fp32 by the
+tests and by ``python -m resnet_hub bench``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import statistics
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .errors import ResNetHubError
+from .hardware import DTYPES, device_name, resolve_device, resolve_precision, synchronize
+from .images import decode_batch, eval_transform, load_image, to_tensor_batch
+from .model import Bottleneck, ResNet
+from .weights import HubResNet, load
+
+class PredictorError(ResNetHubError, ValueError):
+    """A request the Predictor cannot serve (a bad top_k or class id)."""
+
+
+# ---------------------------------------------------------------------------
+# Results: plain data, printed by the caller
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k classes of one image, most probable first."""
+
+    labels: list[str]
+    probabilities: list[float]
+    class_ids: list[int]
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(self.labels, self.probabilities))
+
+    @property
+    def top1(self) -> str:
+        return self.labels[0]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latency of one model at one batch size; times in milliseconds."""
+
+    model: str
+    device: str
+    precision: str
+    batch_size: int
+    first_call_ms: float
+    median_ms: float
+    p90_ms: float
+    runs: int
+    compiled: bool = False
+
+    @property
+    def images_per_s(self) -> float:
+        return 1000.0 * self.batch_size / self.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "images_per_s": self.images_per_s}
+
+
+# ---------------------------------------------------------------------------
+# The fast path
+
+
+def fold_batchnorm(model: ResNet) -> ResNet:
+    """Fold every eval-mode BatchNorm into the convolution before it (in place); BN becomes Identity.
+
+    y = gamma * (Wx - mean) / sqrt(var + eps) + beta is one convolution with
+    scaled weights and a bias, so inference skips a full pass over each feature map.
+    """
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode (it uses the running statistics)")
+    pairs = [(model, "conv1", "bn1")]
+    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in stage:
+            n = 3 if isinstance(block, Bottleneck) else 2
+            pairs += [(block, f"conv{i}", f"bn{i}") for i in range(1, n + 1)]
+            if block.downsample is not None:
+                pairs.append((block.downsample, "0", "1"))
+    for parent, conv_name, bn_name in pairs:
+        conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+        setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+        setattr(parent, bn_name, nn.Identity())
+    return model
+
+
+def prepare_for_inference(model: ResNet, device: torch.device, precision: str, *, fold: bool = True) -> nn.Module:
+    """A copy of ``model`` set up for fast inference; the original is untouched."""
+    fast = copy.deepcopy(model).eval().to(device)
+    if fold:
+        fold_batchnorm(fast)
+    fast = fast.to(memory_format=torch.channels_last)
+    if precision != "fp32":
+        fast = fast.to(DTYPES[precision])
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    return fast
+
+
+def _compile(module: nn.Module) -> nn.Module:
+    import torch._inductor.config as inductor_config
+
+    # Freezing constant-folds the weights into the graph so oneDNN can pre-pack them.
+    inductor_config.freezing = True
+    return torch.compile(module, dynamic=False)
+
+
+# ---------------------------------------------------------------------------
+# The Predictor
+
+
+class Predictor:
+    """Loads a model once and classifies images with it.
+
+    >>> predictor = Predictor("resnet50")                       # doctest: +SKIP
+    >>> predictor.classify("cat.jpg", top_k=3).as_dict()         # doctest: +SKIP
+    {'tabby': 0.62, 'tiger cat': 0.21, 'Egyptian cat': 0.09}
+
+    Thread-safe: forward passes are serialised per Predictor (each already uses
+    every core), while decoding and preprocessing run in the callers' threads.
+    """
+
+    def __init__(
+        self,
+        source_or_model: str | os.PathLike | HubResNet,
+        device: str | torch.device | None = "auto",
+        precision: str = "auto",
+        *,
+        compile: bool = False,
+        fold_batchnorm: bool = True,
+    ):
+        self.device = resolve_device(device)
+        self.precision, note = resolve_precision(precision, self.device)
+        self.notes: list[str] = [note] if note else []
+        if note:
+            warnings.warn(note, stacklevel=2)
+        if isinstance(source_or_model, HubResNet):
+            self.model = source_or_model
+        else:
+            self.model = load(source_or_model, device=self.device)
+        self.name = self.model.info.source or self.model.config.architecture
+        self.compiled = compile
+        fast = prepare_for_inference(self.model, self.device, self.precision, fold=fold_batchnorm)
+        self._forward_module = _compile(fast) if compile else fast
+        self._transform = eval_transform(self.model.preprocessing)
+        self._lock = threading.Lock()
+        self._first_call_ms: dict[int, float] = {}
+        self._cam: _GradCAM | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        return self.model.labels
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.model.labels)
+
+    def num_parameters(self) -> int:
+        return self.model.num_parameters()
+
+    @functools.cached_property
+    def gmacs(self) -> float:
+        """Multiply-accumulates of one forward pass at the model's input size, in billions."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        size = self.model.preprocessing.input_size
+        probe = copy.deepcopy(self.model).to("cpu").eval()
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            probe(torch.zeros(1, self.model.config.in_chans, size, size))
+        return counter.get_total_flops() / 2 / 1e9  # FlopCounterMode counts a multiply-add as 2 flops
+
+    # -- core -------------------------------------------------------------
+
+    def preprocess(self, images: Any) -> Tensor:
+        """Decode and preprocess one image or a sequence into a (B, C, H, W) float batch."""
+        batch = _as_list(images)
+        return to_tensor_batch(decode_batch(batch), self.model.preprocessing)
+
+    def logits(self, batch: Tensor) -> Tensor:
+        """(B, C, H, W) preprocessed fp32 batch -> (B, num_classes) fp32 logits."""
+        x = batch.to(self.device, DTYPES[self.precision], non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with self._lock, torch.inference_mode():
+            start = time.perf_counter()
+            out = self._forward_module(x).float()
+            if len(x) not in self._first_call_ms:
+                synchronize(self.device)
+                self._first_call_ms[len(x)] = (time.perf_counter() - start) * 1000
+        return out
+
+    def classify(self, images: Any, top_k: int = 5) -> Prediction | list[Prediction]:
+        """Top-k labels of one image (returns a Prediction) or a list of them (returns a list).
+
+        Images may be paths, bytes, PIL images or numpy arrays.
+        """
+        single = not isinstance(images, (list, tuple))
+        top_k = self._check_top_k(top_k)
+        probs = torch.softmax(self.logits(self.preprocess(images)), dim=1).cpu()
+        values, ids = probs.topk(top_k, dim=1)
+        out = [
+            Prediction([self.labels[i] for i in row_ids.tolist()], row_values.tolist(), row_ids.tolist())
+            for row_values, row_ids in zip(values, ids)
+        ]
+        return out[0] if single else out
+
+    def _check_top_k(self, top_k: Any) -> int:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= self.num_classes:
+            raise PredictorError(f"top_k must be a whole number from 1 to {self.num_classes} (the class count), got {top_k!r}")
+        return int(top_k)
+
+    # -- timing -----------------------------------------------------------
+
+    def time(self, batch_size: int = 1, runs: int = 20, warmup: int = 3, images: Tensor | None = None) -> Timing:
+        """Warm median and p90 latency of a forward pass at ``batch_size``, plus the first call.
+
+        Warm-up runs come first; on GPU every run is synchronised. ``images``
+        (a preprocessed batch) defaults to random data of the model's input size.
+        """
+        if batch_size < 1 or runs < 1 or warmup < 0:
+            raise PredictorError("batch_size and runs must be at least 1, warmup at least 0")
+        if images is None:
+            size = self.model.preprocessing.input_size
+            images = torch.randn(batch_size, self.model.config.in_chans, size, size, generator=torch.Generator().manual_seed(0))
+        x = images[:batch_size]
+        for _ in range(max(warmup, 1)):  # the first of these is the first call, if none was made yet
+            self.logits(x)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self.logits(x)
+            synchronize(self.device)
+            times.append((time.perf_counter() - start) * 1000)
+        return Timing(
+            model=self.name,
+            device=device_name(self.device),
+            precision=self.precision,
+            batch_size=batch_size,
+            first_call_ms=self._first_call_ms[batch_size],
+            median_ms=statistics.median(times),
+            p90_ms=_percentile(times, 90),
+            runs=runs,
+            compiled=self.compiled,
+        )
+
+    # -- explanation ------------------------------------------------------
+
+    def gradcam(self, image: Any, class_id: int | None = None, alpha: float = 0.45) -> tuple[Image.Image, int]:
+        """Grad-CAM (Selvaraju et al., arXiv:1610.02391) over ``layer4`` for ``class_id``
+        (default: the top class), as an overlay on the model's input crop.
+
+        Runs on its own fp32 copy of the model, never the one serving requests.
+        """
+        if class_id is not None and not 0 <= class_id < self.num_classes:
+            raise PredictorError(f"class_id must be from 0 to {self.num_classes - 1}, got {class_id}")
+        if self._cam is None:
+            self._cam = _GradCAM(self.model, self.device)
+        picture = load_image(image)
+        x = self._transform(picture).unsqueeze(0)
+        heat, class_id = self._cam(x, class_id)
+        crop = _crop_like_model(picture, self.model.preprocessing)
+        return overlay_heatmap(crop, heat, alpha), class_id
+
+
+class _GradCAM:
+    def __init__(self, model: HubResNet, device: torch.device):
+        self.model = copy.deepcopy(model).to(device).float().eval()
+        self.device = device
+        self.lock = threading.Lock()
+
+    def __call__(self, x: Tensor, class_id: int | None) -> tuple[np.ndarray, int]:
+        with self.lock, torch.enable_grad():
+            features = self.model.forward_features(x.to(self.device)).detach().requires_grad_(True)  # (1, C, h, w)
+            logits = self.model.forward_head(features)
+            class_id = int(logits.argmax(1)) if class_id is None else class_id
+            (grad,) = torch.autograd.grad(logits[0, class_id], features)
+        weights = grad.mean(dim=(2, 3), keepdim=True)  # (1, C, 1, 1): each channel's importance
+        cam = torch.relu((weights * features.detach()).sum(1))[0]
+        cam = cam / cam.max() if cam.max() > 0 else cam
+        return cam.cpu().numpy(), class_id
+
+
+def _crop_like_model(picture: Image.Image, p) -> Image.Image:
+    from torchvision.transforms import v2
+
+    resample = {"nearest": v2.InterpolationMode.NEAREST, "bilinear": v2.InterpolationMode.BILINEAR,
+                "bicubic": v2.InterpolationMode.BICUBIC}[p.interpolation]
+    return v2.CenterCrop(p.input_size)(v2.Resize(p.resize_size, interpolation=resample, antialias=True)(picture))
+
+
+def overlay_heatmap(picture: Image.Image, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:
+    """Blend a [0, 1] heatmap (any size) over ``picture`` with a perceptual colour map."""
+    from matplotlib import colormaps
+
+    heat_img = Image.fromarray(np.uint8(np.clip(heat, 0, 1) * 255)).resize(picture.size, Image.Resampling.BICUBIC)
+    colored = colormaps["inferno"](np.asarray(heat_img) / 255.0)[..., :3]
+    blended = (1 - alpha) * np.asarray(picture.convert("RGB"), dtype=np.float32) / 255 + alpha * colored
+    return Image.fromarray(np.uint8(np.clip(blended, 0, 1) * 255))
+
+
+# ---------------------------------------------------------------------------
+# Compare
+
+
+@dataclass(frozen=True)
+class Comparison:
+    predictions: dict[str, Prediction]
+    timings: dict[str, Timing]
+    parameters: dict[str, int]
+    gmacs: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def agree(self) -> bool:
+        """Whether every model's top-1 label is the same."""
+        return len({p.top1 for p in self.predictions.values()}) == 1
+
+    def table(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "model": name,
+                "top-1": self.predictions[name].top1,
+                "confidence": round(self.predictions[name].probabilities[0], 4),
+                "first call (ms)": round(t.first_call_ms, 1),
+                "median (ms)": round(t.median_ms, 2),
+                "p90 (ms)": round(t.p90_ms, 2),
+                "images/s": round(t.images_per_s, 1),
+                "parameters (M)": round(self.parameters[name] / 1e6, 2),
+                "GMACs": round(self.gmacs[name], 2),
+                "device": t.device,
+                "precision": t.precision,
+            }
+            for name, t in self.timings.items()
+        ]
+
+
+def compare(
+    image: Any,
+    models: Sequence[str | Predictor] = ("resnet18", "resnet50"),
+    *,
+    top_k: int = 5,
+    runs: int = 10,
+    device: str = "auto",
+    precision: str = "auto",
+) -> Comparison:
+    """Run one image through several models: top-k side by side, timings, size and cost.
+
+    >>> result = compare("cat.jpg")                      # doctest: +SKIP
+    >>> result.agree, result.timings["resnet18"].median_ms   # doctest: +SKIP
+    (True, 9.8)
+    """
+    predictors = [m if isinstance(m, Predictor) else Predictor(m, device, precision) for m in models]
+    names = [_unique_name(p, predictors) for p in predictors]
+    batch = None
+    predictions, timings = {}, {}
+    for name, predictor in zip(names, predictors):
+        predictions[name] = predictor.classify(image, top_k=top_k)
+        batch = predictor.preprocess(image)
+        timings[name] = predictor.time(batch_size=1, runs=runs, warmup=2, images=batch)
+    return Comparison(
+        predictions=predictions,
+        timings=timings,
+        parameters={n: p.num_parameters() for n, p in zip(names, predictors)},
+        gmacs={n: p.gmacs for n, p in zip(names, predictors)},
+        notes=[note for p in predictors for note in p.notes],
+    )
+
+
+def _unique_name(predictor: Predictor, all_predictors: list[Predictor]) -> str:
+    same = [p for p in all_predictors if p.name == predictor.name]
+    return predictor.name if len(same) == 1 else f"{predictor.name} #{same.index(predictor) + 1}"
+
+
+# ---------------------------------------------------------------------------
+
+
+def _as_list(images: Any) -> list:
+    return list(images) if isinstance(images, (list, tuple)) else [images]
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
