@@ -59,6 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, model=False)
     p.set_defaults(run=_bench)
 
+    p = sub.add_parser("bench-finetune", help="fine-tuning images/s against a tutorial training loop",
+                       description="Images/s of resnet-hub's fine-tune loop against a plain tutorial loop "
+                                   "(DataLoader over PIL transforms, fp32, eager), same model and data, in one run.")
+    p.add_argument("--steps", type=int, default=30, help="timed steps of the tutorial loop (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--arch", default="resnet18", help="(default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=32, help="(default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(run=_bench_finetune)
+
     _add_finetune_parser(sub)
 
     p = sub.add_parser("starter", help="train and store the offline starter digit models",
@@ -252,6 +263,18 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
         args.models, batch_size=args.batch_size, runs=args.runs, device=args.device, variants=args.variants,
         compile=args.compile, log=None if args.json else print,
     )
+    if not args.json:
+        print_table(report["rows"])
+        for note in report["notes"]:
+            print(f"note: {note}")
+    return report
+
+
+def _bench_finetune(args: argparse.Namespace) -> dict[str, Any]:
+    from .bench import run_finetune_bench
+
+    report = run_finetune_bench(args.steps, args.batch_size, args.arch, args.image_size, args.device,
+                                log=None if args.json else print)
     if not args.json:
         print_table(report["rows"])
         for note in report["notes"]:

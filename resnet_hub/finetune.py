@@ -416,6 +416,7 @@ def _record_results(model, dataset, config, val_acc, matrix, n_train, n_val, pre
     hyper.update(lr=config.peak_lr, precision=precision, image_size=model.preprocessing.input_size)
     info.training = {
         "name": f"{model.config.architecture}-{dataset.name}",
+        "kind": dataset.kind,  # "digits" models get MNIST-style centring of drawings in the app
         "data": f"{dataset.summary()} Split {n_train} for training and {n_val} for validation (stratified, seed {config.seed}).",
         "hyperparameters": hyper,
         "confusion_matrix": matrix,

@@ -375,3 +375,30 @@ def _channels(p: Preprocessing) -> list[v2.Transform]:
 
 def _to_normalized_tensor(p: Preprocessing) -> list[v2.Transform]:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(p.mean, p.std)]
+
+
+def center_digit(image: Image.Image, canvas: int = 28, box: int = 20) -> Image.Image:
+    """Lay out a hand-drawn digit the way MNIST's are: bright ink on black, the
+    ink's bounding box scaled to fit ``box`` px, centred by its centre of mass
+    in a ``canvas`` px square (LeCun et al.'s MNIST preprocessing).
+
+    Drawings usually come dark on light: those are inverted first.
+    """
+    gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    if gray.mean() > 0.5:
+        gray = 1.0 - gray
+    ink = gray > 0.2
+    if not ink.any():
+        return Image.new("RGB", (canvas, canvas))
+    rows, cols = np.nonzero(ink)
+    crop = gray[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    scale = box / max(crop.shape)
+    h, w = max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale))
+    small = np.asarray(Image.fromarray(np.uint8(crop * 255)).resize((w, h), Image.Resampling.LANCZOS), np.float32)
+    out = np.zeros((canvas, canvas), np.float32)
+    total = small.sum() or 1.0
+    cy, cx = (np.arange(h) @ small.sum(1)) / total, (np.arange(w) @ small.sum(0)) / total
+    top = int(np.clip(round(canvas / 2 - cy), 0, canvas - h))
+    left = int(np.clip(round(canvas / 2 - cx), 0, canvas - w))
+    out[top : top + h, left : left + w] = small
+    return Image.fromarray(np.uint8(np.clip(out, 0, 255))).convert("RGB")

@@ -277,3 +277,32 @@ class ResNet(nn.Module):
 def build(architecture: str = "resnet50", **overrides) -> ResNet:
     """A randomly initialised ResNet: ``build("resnet18", num_classes=10, stem="small")``."""
     return ResNet(ResNetConfig(architecture=architecture, **overrides))
+
+
+def weighted_layers(model: ResNet) -> int:
+    """Convolutions and linear layers on the main path: the "18" of ResNet-18.
+
+    The 1x1 projection shortcuts are not counted, as in the paper's naming.
+    """
+    shortcut = {id(m) for stage in STAGES for block in getattr(model, stage) if block.downsample is not None
+                for m in block.downsample.modules()}
+    return sum(isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in shortcut for m in model.modules())
+
+
+def stage_table(model: ResNet, input_size: int = 224) -> list[dict[str, object]]:
+    """Per stage: output shape for one ``input_size`` image, residual blocks, layers and parameters."""
+    with torch.device("meta"):
+        probe = ResNet(model.config)
+    shapes = {k: tuple(v.shape[1:]) for k, v in probe.stage_features(
+        torch.empty(1, model.config.in_chans, input_size, input_size, device="meta")).items()}
+    rows = []
+    for name, module in model.stage_modules():
+        blocks = len(module) if name != "stem" else 0
+        convs = sum(isinstance(m, nn.Conv2d) for m in module.modules())
+        if name != "stem":
+            convs -= sum(b.downsample is not None for b in module)
+        rows.append({"stage": name, "output (C, H, W)": shapes[name], "residual blocks": blocks,
+                     "weighted layers": convs, "parameters": sum(p.numel() for p in module.parameters())})
+    rows.append({"stage": "fc", "output (C, H, W)": (model.config.num_classes,), "residual blocks": 0,
+                 "weighted layers": 1, "parameters": sum(p.numel() for p in model.fc.parameters())})
+    return rows

@@ -236,8 +236,13 @@ class Predictor:
         Warm-up runs come first; on GPU every run is synchronised. ``images``
         (a preprocessed batch) defaults to random data of the model's input size.
         """
-        if batch_size < 1 or runs < 1 or warmup < 0:
-            raise PredictorError("batch_size and runs must be at least 1, warmup at least 0")
+        if not all(_is_whole(n) for n in (batch_size, runs, warmup)) or batch_size < 1 or runs < 1 or warmup < 0:
+            raise PredictorError(
+                f"batch_size and runs must be whole numbers of at least 1, warmup at least 0; "
+                f"got batch_size={batch_size!r}, runs={runs!r}, warmup={warmup!r}"
+            )
+        if images is not None and len(images) < batch_size:
+            raise PredictorError(f"images holds {len(images)} preprocessed images, fewer than batch_size={batch_size}")
         if images is None:
             size = self.model.preprocessing.input_size
             images = torch.randn(batch_size, self.model.config.in_chans, size, size, generator=torch.Generator().manual_seed(0))
@@ -270,13 +275,13 @@ class Predictor:
 
         Runs on its own fp32 copy of the model, never the one serving requests.
         """
-        if class_id is not None and not 0 <= class_id < self.num_classes:
-            raise PredictorError(f"class_id must be from 0 to {self.num_classes - 1}, got {class_id}")
+        if class_id is not None and (not _is_whole(class_id) or not 0 <= class_id < self.num_classes):
+            raise PredictorError(f"class_id must be a whole number from 0 to {self.num_classes - 1}, got {class_id!r}")
         if self._cam is None:
             self._cam = _GradCAM(self.model, self.device)
         picture = load_image(image)
         x = self._transform(picture).unsqueeze(0)
-        heat, class_id = self._cam(x, class_id)
+        heat, class_id = self._cam(x, None if class_id is None else int(class_id))
         crop = _crop_like_model(picture, self.model.preprocessing)
         return overlay_heatmap(crop, heat, alpha), class_id
 
@@ -391,6 +396,11 @@ def _unique_name(predictor: Predictor, all_predictors: list[Predictor]) -> str:
 
 
 # ---------------------------------------------------------------------------
+
+
+def _is_whole(n: Any) -> bool:
+    """An int (numpy's too), but not a bool: True would pass as 1 and index like a mask."""
+    return isinstance(n, (int, np.integer)) and not isinstance(n, bool)
 
 
 def _as_list(images: Any) -> list:
