@@ -18,7 +18,9 @@ from .errors import (
     WeightsNotFoundError,
 )
 from .model import ARCHITECTURES, BasicBlock, Bottleneck, ResNet, ResNetConfig, UnknownArchitectureError
-from .weights import DEFAULT_SOURCES, HubResNet, Preprocessing, WeightsInfo, create, load
+from .hub import DEFAULT_SOURCES
+from .metadata import Preprocessing, WeightsInfo
+from .weights import HubResNet, create, load
 
 __version__ = "0.1.0"
 

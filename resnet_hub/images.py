@@ -24,7 +24,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
 from .errors import ImageError
-from .weights import Preprocessing
+from .metadata import Preprocessing
 
 ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
 # MPO (multi-picture JPEG, as phone cameras write) is opened by the JPEG plugin, so it is not asked for by name.

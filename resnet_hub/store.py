@@ -14,7 +14,7 @@ from pathlib import Path
 from .data import mnist_sample
 from .errors import ResNetHubError
 from .finetune import Event, FinetuneConfig, finetune
-from .weights import CONFIG_NAME, WEIGHTS_NAME
+from .layouts import CONFIG_NAME, WEIGHTS_NAME
 
 STARTER_ARCHS = ("resnet18", "resnet50")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")

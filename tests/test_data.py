@@ -29,7 +29,7 @@ from resnet_hub.data import (
     torchvision_dataset,
 )
 from resnet_hub.images import eval_transform
-from resnet_hub.weights import Preprocessing
+from resnet_hub.metadata import Preprocessing
 
 from .conftest import needs_gpu
 

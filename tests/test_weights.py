@@ -22,7 +22,7 @@ from resnet_hub import (
     WeightsMismatchError,
     WeightsNotFoundError,
 )
-from resnet_hub.weights import DEFAULT_SOURCES, parse_repo_id
+from resnet_hub.hub import DEFAULT_SOURCES, parse_repo_id
 
 from .conftest import ARCHS, needs_gpu, randomize_batchnorm
 
@@ -370,18 +370,6 @@ def test_save_refuses_an_existing_folder_unless_overwriting(saved_models):
 # --- pushing, tested up to the network edge ----------------------------------------------
 
 TOKEN = "hf_" + "s3cr3t" * 6
-
-
-@pytest.fixture
-def fake_hub(monkeypatch, tmp_path):
-    from .fake_hub import FakeHub
-
-    hub = FakeHub()
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    hub.install(monkeypatch)
-    yield hub
-    hub.uninstall()
 
 
 def test_push_uploads_exactly_the_saved_folder(fake_hub, saved_models):
