@@ -15,6 +15,7 @@ from typing import Any
 from .errors import ResNetHubError
 
 EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 3
 
 
 def _add_common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
@@ -22,8 +23,9 @@ def _add_common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
         p.add_argument("--model", default="resnet50",
                        help="short name (resnet18, resnet50), Hub repo id (org/name[@rev]) or local folder (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto picks bf16 where the hardware runs it fast, else fp32 (default: %(default)s)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
+                   help="auto picks bf16 where the hardware runs it fast, else fp32; int8 (CPU) quantizes "
+                        "statically, calibrated on real images (default: %(default)s)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow first call, faster after)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
 
@@ -35,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classify", help="top-k labels of one or more images",
                        description="Print the top-k labels of each image.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, GIF, BMP, TIFF)")
-    p.add_argument("--top-k", type=int, default=5, help="labels to show per image (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="labels to show per image (default: 5, or every class if the model has fewer)")
     _add_common(p)
     p.set_defaults(run=_classify)
 
@@ -43,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Top-k of each model side by side, whether top-1 agrees, and timings.")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--models", nargs="+", default=["resnet18", "resnet50"], help="models to compare (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=5, help="labels per model (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="labels per model (default: 5, or every class if a model has fewer)")
     p.add_argument("--runs", type=int, default=10, help="timed runs per model after warm-up (default: %(default)s)")
     _add_common(p, model=False)
     p.set_defaults(run=_compare)
@@ -93,6 +97,8 @@ def _add_finetune_parser(sub) -> None:
     )
     p.add_argument("--data", required=True,
                    help="a .zip with one folder per class, 'mnist-sample' (bundled, offline), or 'mnist'/'cifar10' (download)")
+    p.add_argument("--limit-per-class", type=int, default=None, metavar="N",
+                   help="use only the first N images of each class (mnist-sample only; for quick trials)")
     p.add_argument("--base", default=d.base,
                    help="starting weights: short name, Hub id, folder, or scratch:ARCH (default: %(default)s)")
     p.add_argument("--out", required=True, help="folder to write the model to (refused if it exists, see --overwrite)")
@@ -117,14 +123,14 @@ def _add_finetune_parser(sub) -> None:
     p.set_defaults(run=_finetune)
 
 
-def _finetune(args: argparse.Namespace) -> dict[str, Any]:
+def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
     import os
     from pathlib import Path
 
-    from .data import load_dataset
-    from .errors import PushError
+    from .data import MNIST_SAMPLE, load_dataset
+    from .errors import DataError, PushError
     from .finetune import FinetuneConfig, finetune
-    from .weights import parse_repo_id
+    from .hub import parse_repo_id
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -143,7 +149,14 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any]:
         label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, precision=args.precision,
         time_budget_s=args.time_budget,
     )
-    dataset = load_dataset(args.data)
+    limit = {}
+    if args.limit_per_class is not None:
+        if args.data.strip().lower() != MNIST_SAMPLE:
+            raise DataError(f"--limit-per-class applies to {MNIST_SAMPLE} only, not {args.data!r}")
+        if args.limit_per_class < 1:
+            raise DataError(f"--limit-per-class must be at least 1, got {args.limit_per_class}")
+        limit["limit_per_class"] = args.limit_per_class
+    dataset = load_dataset(args.data, **limit)
     is_main = int(os.environ.get("RANK", "0")) == 0
     bar = _ProgressBar(enabled=is_main and not args.json)
     result = finetune(dataset, config, on_event=bar)
@@ -155,21 +168,21 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any]:
         "lr_schedule": [e.lr for e in result.history if e.kind == "step"],
         "out": None,
     }
+    if not is_main:
+        return None  # under torchrun, rank 0 alone saves and reports: one JSON document on stdout
     if result.stopped:
-        if is_main:
-            print(f"{result.reason}: nothing saved", file=sys.stderr)
+        print(f"{result.reason}: nothing saved", file=sys.stderr)
         return summary
-    if is_main:
-        summary["out"] = str(result.save(out, overwrite=args.overwrite))
-        summary["confusion_matrix"] = result.confusion_matrix
+    summary["out"] = str(result.save(out, overwrite=args.overwrite))
+    summary["confusion_matrix"] = result.confusion_matrix
+    if args.push_to:
+        summary["pushed"] = result.model.push_to_hub(args.push_to, token=token)
+    if not args.json:
+        print(f"validation accuracy {result.val_accuracy:.2%} on {dataset.name}; saved to {out}")
+        for note in result.model.info.notes:
+            print(f"note: {note}")
         if args.push_to:
-            summary["pushed"] = result.model.push_to_hub(args.push_to, token=token)
-        if not args.json:
-            print(f"validation accuracy {result.val_accuracy:.2%} on {dataset.name}; saved to {out}")
-            for note in result.model.info.notes:
-                print(f"note: {note}")
-            if args.push_to:
-                print(f"pushed: {summary['pushed']}")
+            print(f"pushed: {summary['pushed']}")
     return summary
 
 
@@ -307,20 +320,25 @@ def _print_notes(notes: Sequence[str], args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        result = args.run(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the notes they carry are printed as "note: ..." lines
+            result = args.run(args)
     except (ResNetHubError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    if args.json:
+    if args.json and result is not None:
         json.dump(result, sys.stdout, indent=2, default=str)
         print()
-    return 0
+    # A stopped fine-tune produced nothing: scripts that go on to use its output must not carry on.
+    return EXIT_STOPPED if isinstance(result, dict) and result.get("stopped") else 0
 
 
 if __name__ == "__main__":

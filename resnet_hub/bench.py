@@ -20,40 +20,12 @@ import torchvision
 from torch import Tensor
 
 from .errors import WeightsNotFoundError
-from .hardware import device_name, fast_precisions, resolve_device, resolve_precision, synchronize
-from .images import load_image, to_tensor_batch
+from .hardware import cpu_has_int8, device_name, fast_precisions, resolve_device, resolve_precision, synchronize
+from .examples import calibration_images
+from .images import to_tensor_batch
 from .predict import Predictor
 from .store import is_model_folder, starter_folder
 from .weights import HubResNet, create, load
-
-PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry", "retina")
-
-
-def real_photos(n: int = 32) -> list:
-    """``n`` real images: scikit-image's bundled photos, with mirrored and cropped views to fill the set."""
-    import skimage.data
-
-    base = [load_image(getattr(skimage.data, name)()) for name in PHOTOS]
-    out = []
-    for i in range(n):
-        img = base[i % len(base)]
-        view = i // len(base)
-        if view % 2:
-            img = img.transpose(0)  # mirror
-        if view >= 2:
-            w, h = img.size
-            img = img.crop((w // 8, h // 8, w - w // 8, h - h // 8))
-        out.append(img)
-    return out
-
-
-def real_digits(n: int = 256) -> list:
-    from .data import mnist_sample
-
-    ds = mnist_sample()
-    step = max(1, len(ds.images) // n)
-    return ds.images[::step][:n]
-
 
 def torchvision_reference(model: HubResNet) -> torch.nn.Module:
     """torchvision's own eager fp32 ResNet holding ``model``'s weights (the peer we measure against)."""
@@ -117,12 +89,15 @@ def run_bench(
     """Latency, throughput and agreement of each fast-path variant against torchvision eager fp32."""
     dev = resolve_device(device)
     names = variants or ["fp32 folded", *(f"{p} folded" for p in fast_precisions(dev) if p != "fp32")]
+    if variants is None and dev.type == "cpu" and cpu_has_int8():
+        names.append("int8 quantized")
     if compile:
         names += [f"{n} compiled" for n in names if "compiled" not in n]
     rows, notes = [], []
     for model_name in models:
         model, weights, trained = _load_bench_model(model_name, dev)
-        images = real_digits() if model.info.training.get("kind") == "digits" else real_photos(batch_size)
+        kind = model.info.training.get("kind", "photo")
+        images = calibration_images(kind, 256 if kind == "digits" else max(32, batch_size))
         batch = to_tensor_batch(images, model.preprocessing)
         x = batch[:batch_size].to(dev)
         if len(x) < batch_size:
@@ -173,7 +148,7 @@ def run_finetune_bench(steps: int = 30, batch_size: int = 64, arch: str = "resne
     from .data import mnist_sample
     from .finetune import FinetuneConfig, finetune
     from .images import train_transform
-    from .weights import Preprocessing
+    from .metadata import Preprocessing
 
     dev = resolve_device(device)
     data = mnist_sample()

@@ -14,6 +14,7 @@ from .store import store_root
 # scikit-image's bundled photos (public domain or CC0; see skimage.data)
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")
 DIGITS = (3, 7, 9)
+CALIBRATION_PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry", "retina")
 
 
 @functools.cache
@@ -45,3 +46,28 @@ def _write(path: Path, pixels) -> Path:
         Image.fromarray(array.astype(np.uint8)).save(tmp, format="PNG")
         os.replace(tmp, path)
     return path
+
+
+def calibration_images(kind: str = "photo", n: int = 32, offset: int = 0) -> list[Image.Image]:
+    """``n`` real images to calibrate or check a model with: MNIST digits, or photos with mirrored/cropped views.
+
+    ``offset`` picks a disjoint set of digits (calibrate on one, measure on another).
+    """
+    if kind == "digits":
+        from .data import mnist_sample
+
+        digits = mnist_sample()
+        return digits.images[offset :: max(1, len(digits.images) // n)][:n]
+    import skimage.data
+
+    base = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in CALIBRATION_PHOTOS]
+    out = []
+    for i in range(n):
+        img, view = base[i % len(base)], i // len(base)
+        if view % 2:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if view >= 2:
+            w, h = img.size
+            img = img.crop((w // 8, h // 8, w - w // 8, h - h // 8))
+        out.append(img)
+    return out

@@ -28,7 +28,9 @@ from .data import ImageDataset, stratified_split, to_tensors
 from .errors import DataError, ResNetHubError
 from .hardware import DTYPES, device_name, resolve_device, resolve_precision, synchronize
 from .images import eval_transform
-from .weights import HubResNet, Preprocessing, create, load
+from .metadata import Preprocessing
+from .hub import hub_repo_id
+from .weights import HubResNet, create, load
 
 OPTIMIZERS = ("sgd", "adamw")
 MAX_DEVICE_BYTES = 3 * 2**30  # the decoded training set kept on the device, at most
@@ -61,7 +63,7 @@ class FinetuneConfig:
     augment: str = "auto"  # "auto" (from the data), "photo", "digits" or "none"
     zero_init_residual: bool = True  # from scratch only
 
-    def validate(self, num_train: int) -> None:
+    def validate(self, num_train: int | None = None) -> None:
         problems = []
         if not isinstance(self.epochs, int) or self.epochs < 1:
             problems.append(f"epochs must be a whole number of at least 1, got {self.epochs}")
@@ -69,7 +71,7 @@ class FinetuneConfig:
             problems.append(f"learning rate must be above 0 (and at most 10), got {self.lr}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             problems.append(f"batch size must be at least 1, got {self.batch_size}")
-        elif self.batch_size > num_train:
+        elif num_train is not None and self.batch_size > num_train:
             problems.append(f"batch size {self.batch_size} is larger than the {num_train} training images: use at most {num_train}")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
@@ -177,7 +179,8 @@ def build_model(config: FinetuneConfig, dataset: ImageDataset, device: torch.dev
                        zero_init_residual=config.zero_init_residual)
         return model.to(device)
     model = load(config.base, device=device)  # a fresh copy: models serving elsewhere are never touched
-    model.info.base_model = model.info.source
+    # Hub metadata links base_model to huggingface.co: only a repo id belongs there, not a local path.
+    model.info.base_model = hub_repo_id(config.base)
     if model.labels != list(dataset.classes):
         old_classes = model.config.num_classes
         model.reset_head(len(dataset.classes), dataset.classes)
@@ -237,6 +240,17 @@ def lr_at(step: int, total_steps: int, config: FinetuneConfig) -> float:
     return config.peak_lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _steps_per_epoch(n: int, batch_size: int, world: _World) -> int:
+    """Steps that cover this process's share (a DistributedSampler pads it to ceil(n / world)).
+
+    A last batch of one image is dropped (a different one each epoch, as the order
+    is reshuffled): BatchNorm cannot train on a single value per channel.
+    """
+    share, local = math.ceil(n / world.size), batch_size // world.size
+    steps = math.ceil(share / local)
+    return steps - 1 if share % local == 1 and steps > 1 else steps
+
+
 def _epoch_indices(n: int, epoch: int, config: FinetuneConfig, world: _World) -> Tensor:
     """This process's share of the epoch's shuffled order: a DistributedSampler (one replica alone)."""
     from torch.utils.data import DistributedSampler
@@ -291,6 +305,7 @@ def finetune(
     emit = on_event if (on_event is not None and world.is_main) else (lambda event: None)
     torch.manual_seed(config.seed)
 
+    config.validate()  # before the split, which cannot take a bad val_fraction
     train_idx, val_idx = stratified_split(dataset, config.val_fraction, seed=config.seed)
     config.validate(len(train_idx))
     if config.batch_size % world.size:
@@ -309,7 +324,7 @@ def finetune(
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     generator = torch.Generator().manual_seed(config.seed + world.rank)
 
-    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
+    steps_per_epoch = _steps_per_epoch(len(train_idx), config.batch_size, world)
     total_steps = steps_per_epoch * config.epochs
     local_batch = config.batch_size // world.size
     history: list[Event] = []
@@ -326,7 +341,7 @@ def finetune(
     for epoch in range(config.epochs):
         order = _epoch_indices(len(train_idx), epoch, config, world).to(device)
         for i in range(steps_per_epoch):
-            stopped_reason = _should_stop(stop, config, start, world)
+            stopped_reason = _should_stop(stop, config, start, world, device)
             if stopped_reason:
                 break
             batch = order[i * local_batch : (i + 1) * local_batch]
@@ -373,7 +388,8 @@ def _train_step(net, optimizer, scaler, x, y, augment, generator, autocast, conf
     return loss.item(), int((logits.argmax(1) == y).sum())
 
 
-def _should_stop(stop: threading.Event | None, config: FinetuneConfig, start: float, world: _World) -> str:
+def _should_stop(stop: threading.Event | None, config: FinetuneConfig, start: float, world: _World,
+                 device: torch.device) -> str:
     reason = ""
     if stop is not None and stop.is_set():
         reason = "stopped on request"
@@ -381,7 +397,7 @@ def _should_stop(stop: threading.Event | None, config: FinetuneConfig, start: fl
         reason = f"stopped at the time budget of {config.time_budget_s:g} s"
     if world.size > 1:
         # Every process must stop at the same step, or the others wait forever in all-reduce.
-        flag = torch.tensor([1 if reason else 0], dtype=torch.int32)
+        flag = torch.tensor([1 if reason else 0], dtype=torch.int32, device=device)  # NCCL reduces only CUDA tensors
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         reason = reason or ("stopped by another process" if flag.item() else "")
     return reason

@@ -8,8 +8,9 @@ import torch
 
 from .errors import ResNetHubError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+# The dtype of the model's inputs; int8 models quantize their fp32 input themselves.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 
 
 class HardwareError(ResNetHubError, ValueError):
@@ -42,6 +43,12 @@ def cpu_has_fast_bf16() -> bool:
     return any(f in flags for f in (" avx512_bf16", " amx_bf16")) and torch.backends.mkldnn.is_available()
 
 
+@functools.cache
+def cpu_has_int8() -> bool:
+    """PyTorch's x86 quantized engine (fbgemm/oneDNN; VNNI makes it fast)."""
+    return "x86" in torch.backends.quantized.supported_engines
+
+
 def fast_precisions(device: torch.device) -> tuple[str, ...]:
     """The precisions this device computes natively, fastest first."""
     if device.type == "cuda":
@@ -59,7 +66,7 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str | 
     available = fast_precisions(device)
     if precision == "auto":
         return available[0], None
-    if precision in available:
+    if precision in available or (precision == "int8" and device.type == "cpu" and cpu_has_int8()):
         return precision, None
     where = "this CPU" if device.type == "cpu" else torch.cuda.get_device_name(device)
     return "fp32", f"{precision} is not supported fast on {where}: running fp32 instead"

@@ -90,4 +90,31 @@ def copy_of(tmp_path):
     return copy
 
 
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """The Hub's upload endpoints, faked at the network edge, with no token anywhere (tests pass their own)."""
+    from huggingface_hub import constants
+
+    from .fake_hub import FakeHub
+
+    hub = FakeHub()
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    # huggingface_hub reads the token file's path once, at import: HF_HOME alone does not move it.
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    hub.install(monkeypatch)
+    yield hub
+    hub.uninstall()
+
+
+@pytest.fixture(scope="session")
+def running_app(tmp_path_factory):
+    """app.py served on 127.0.0.1, offline, with a throwaway store and tiny pre-built starters; started once."""
+    from .app_harness import running_app as serve
+
+    with serve(tmp_path_factory.mktemp("app")) as running:
+        yield running
+
+
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -1,0 +1,469 @@
+"""Fine-tuning: a short run that learns, reports each step, stops cleanly, and saves a model that loads back."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import resnet_hub
+from resnet_hub import DataError, store
+from resnet_hub import finetune as finetune_module
+from resnet_hub.__main__ import EXIT_BAD_INPUT, EXIT_STOPPED, main
+from resnet_hub.data import mnist_sample, read_zip, stratified_split
+from resnet_hub.finetune import FinetuneConfig, FinetuneError, finetune, lr_at
+from resnet_hub.predict import Predictor
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "hf_" + "t0k3n" * 6
+TINY = dict(base="scratch:resnet18", image_size=32, batch_size=32, device="cpu", precision="fp32")
+# The same tiny run through the command line: 200 digits, 160 to train on, 5 steps.
+CLI_TINY = ["--data", "mnist-sample", "--limit-per-class", "20", "--base", "scratch:resnet18", "--image-size", "32",
+            "--batch-size", "32", "--epochs", "1", "--lr", "0.1", "--device", "cpu", "--precision", "fp32"]
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+
+
+def colour_zip(path: Path, colours: dict[str, tuple[int, int, int]] = COLOURS, per_class: int = 16) -> Path:
+    """One class folder per colour: 32x32 PNGs of that colour with pixel noise."""
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as z:
+        for name, rgb in colours.items():
+            for i in range(per_class):
+                pixels = np.clip(np.array(rgb) + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+                buffer = io.BytesIO()
+                Image.fromarray(pixels).save(buffer, format="PNG")
+                z.writestr(f"{name}/{i}.png", buffer.getvalue())
+    return path
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def __call__(self, event):
+        self.events.append(event)
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.events]
+
+    def steps(self) -> list:
+        return [e for e in self.events if e.kind == "step"]
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Replaces the training loop with one that records that it was called."""
+    calls = []
+    monkeypatch.setattr(finetune_module, "finetune", lambda *a, **k: calls.append(a) or pytest.fail("training ran"))
+    return calls
+
+
+# --- a run that learns, and what it reports ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_run():
+    """Three epochs from scratch on 400 real digits (320 to train on): the run most tests below read."""
+    dataset = mnist_sample(limit_per_class=40)
+    config = FinetuneConfig(**TINY, epochs=3, lr=0.1, seed=0)
+    recorder = Recorder()
+    result = finetune(dataset, config, on_event=recorder)
+    return dataset, config, result, recorder
+
+
+def test_a_short_run_on_digits_learns_well_over_chance(digits_run):
+    _, _, result, _ = digits_run
+    assert not result.stopped and result.reason == "finished"
+    assert result.val_accuracy > 0.5  # chance is 0.1 for 10 classes
+
+
+def test_events_run_start_then_steps_and_one_epoch_report_per_epoch_then_done(digits_run):
+    dataset, config, result, recorder = digits_run
+    steps_per_epoch = math.ceil(len(stratified_split(dataset, config.val_fraction, config.seed)[0]) / config.batch_size)
+    assert recorder.kinds() == ["start"] + (["step"] * steps_per_epoch + ["epoch"]) * config.epochs + ["done"]
+    assert recorder.events == result.history
+    total = steps_per_epoch * config.epochs
+    assert all(e.total_steps == total for e in recorder.events)
+    assert [e.step for e in recorder.steps()] == list(range(1, total + 1))
+    epochs = [e for e in recorder.events if e.kind == "epoch"]
+    assert [e.epoch for e in epochs] == list(range(1, config.epochs + 1))
+    assert all(0 <= e.val_accuracy <= 1 for e in epochs)
+    assert recorder.events[-1].val_accuracy == result.val_accuracy
+
+
+def test_every_step_event_reports_loss_lr_speed_and_time_left(digits_run):
+    _, config, _, recorder = digits_run
+    steps = recorder.steps()
+    assert all(math.isfinite(e.loss) and e.loss > 0 for e in steps)
+    assert all(0 < e.lr <= config.peak_lr * (1 + 1e-9) for e in steps)
+    assert all(e.images_per_s > 0 and e.eta_s >= 0 for e in steps)
+    assert steps[-1].eta_s == 0
+
+
+def test_learning_rate_warms_up_linearly_then_decays_by_cosine_to_zero():
+    config = FinetuneConfig(lr=0.4, warmup_fraction=0.1)
+    lrs = [lr_at(step, 100, config) for step in range(100)]
+    assert lrs[:10] == pytest.approx([0.04 * (i + 1) for i in range(10)])
+    assert lrs[10] == pytest.approx(0.4)
+    assert lrs[55] == pytest.approx(0.2)  # halfway through the decay
+    assert all(a > b for a, b in zip(lrs[10:], lrs[11:]))
+    assert 0 < lrs[99] < 0.001
+
+
+def test_step_events_follow_the_schedule(digits_run):
+    _, config, _, recorder = digits_run
+    steps = recorder.steps()
+    assert [e.lr for e in steps] == pytest.approx([lr_at(s, len(steps), config) for s in range(len(steps))])
+
+
+def test_a_last_batch_of_one_image_is_dropped_rather_than_crashing_batchnorm():
+    dataset = mnist_sample(limit_per_class=5)
+    n_train = len(stratified_split(dataset, 0.2, seed=0)[0])  # batches of n - 1 leave one image over
+    events = []
+    result = finetune(dataset, FinetuneConfig(**{**TINY, "batch_size": n_train - 1}, epochs=1), on_event=events.append)
+    assert not result.stopped and sum(e.kind == "step" for e in events) == 1
+
+
+def test_base_model_names_the_hub_repo_behind_a_short_name():
+    from resnet_hub.hub import hub_repo_id
+
+    assert hub_repo_id("resnet50") == "timm/resnet50.a1_in1k" and hub_repo_id("org/name@v2") == "org/name"
+
+
+# --- stopping ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_digits():
+    return mnist_sample(limit_per_class=20)  # 160 to train on: 5 steps per epoch at batch 32
+
+
+def run_until_stopped(dataset, how: str):
+    recorder = Recorder()
+    if how == "stop request":
+        stop = threading.Event()
+
+        def on_event(event):
+            recorder(event)
+            if event.kind == "step" and event.step == 3:
+                stop.set()
+
+        return finetune(dataset, FinetuneConfig(**TINY, epochs=2, lr=0.1), on_event=on_event, stop=stop), recorder
+    config = FinetuneConfig(**TINY, epochs=2, lr=0.1, time_budget_s=1e-6)
+    return finetune(dataset, config, on_event=recorder), recorder
+
+
+def test_a_stop_request_ends_the_run_at_the_next_step(tiny_digits):
+    result, recorder = run_until_stopped(tiny_digits, "stop request")
+    assert [e.step for e in recorder.steps()] == [1, 2, 3]
+    assert recorder.kinds()[-1] == "stopped" and "nothing saved" in recorder.events[-1].message
+    assert result.stopped and result.reason == "stopped on request"
+
+
+def test_the_time_budget_ends_the_run_at_the_next_step(tiny_digits):
+    result, recorder = run_until_stopped(tiny_digits, "time budget")
+    assert recorder.steps() == [] and recorder.kinds()[-1] == "stopped"
+    assert result.stopped and "time budget" in result.reason
+
+
+@pytest.mark.parametrize("how", ["stop request", "time budget"])
+def test_a_stopped_run_has_no_model_and_saves_nothing(tiny_digits, tmp_path, how):
+    result, _ = run_until_stopped(tiny_digits, how)
+    assert result.model is None and result.confusion_matrix is None
+    with pytest.raises(FinetuneError, match="stopped.*no weights to save"):
+        result.save(tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the saved model -----------------------------------------------------------------------------
+
+
+def test_the_saved_folder_loads_with_the_class_names_and_predicts_like_the_trained_model(digits_run, tmp_path):
+    dataset, config, result, _ = digits_run
+    folder = result.save(tmp_path / "digits")
+    assert resnet_hub.load(folder, device="cpu").labels == dataset.classes
+    _, val = stratified_split(dataset, config.val_fraction, config.seed)
+    images = [dataset.images[i] for i in val[::8]]  # one or two of each class
+    predictor = Predictor(folder, device="cpu", precision="fp32")
+    batch = predictor.preprocess(images)
+    with torch.no_grad():
+        in_memory = result.model.eval()(batch)
+    assert [p.top1 for p in predictor.classify(images, top_k=1)] == [dataset.classes[i] for i in in_memory.argmax(1)]
+    torch.testing.assert_close(predictor.logits(batch), in_memory, atol=1e-3, rtol=1e-3)
+
+
+def test_the_model_card_reports_accuracy_dataset_hyperparameters_and_confusion_matrix(digits_run, tmp_path):
+    dataset, _, result, _ = digits_run
+    card = (result.save(tmp_path / "digits") / "README.md").read_text()
+    assert f"| accuracy | {round(result.val_accuracy, 4):.4f} |" in card
+    assert "- mnist-sample" in card.split("---")[1]  # datasets in the Hub metadata
+    for row in ("| hyperparameter | value |", "| epochs | 3 |", "| lr | 0.1 |", "| batch_size | 32 |",
+                "| image_size | 32 |"):
+        assert row in card
+    for name, counts in zip(dataset.classes, result.confusion_matrix):
+        assert f"| **{name}** | {' | '.join(map(str, counts))} |" in card
+
+
+def test_config_json_records_the_validation_accuracy_and_dataset(digits_run, tmp_path):
+    _, _, result, _ = digits_run
+    config = json.loads((result.save(tmp_path / "digits") / "config.json").read_text())
+    assert config["metrics"]["accuracy"] == round(result.val_accuracy, 4)
+    assert config["datasets"] == ["mnist-sample"]
+
+
+def test_the_confusion_matrix_counts_each_validation_image_once(digits_run):
+    dataset, config, result, _ = digits_run
+    _, val = stratified_split(dataset, config.val_fraction, config.seed)
+    matrix = np.array(result.confusion_matrix)
+    assert matrix.shape == (10, 10) and matrix.sum() == len(val)
+    assert matrix.sum(1).tolist() == np.bincount([dataset.targets[i] for i in val], minlength=10).tolist()
+    assert np.trace(matrix) / len(val) == pytest.approx(result.val_accuracy)
+
+
+# --- fine-tuning a saved model -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base_run(saved_models, tmp_path_factory):
+    """The 10-class "digit N" base, fine-tuned onto 3 colours with the stem and layer1-2 frozen.
+
+    A loaded copy of the base and a Predictor on it are in use before the run and compared after.
+    """
+    base = saved_models["resnet18"]
+    base_files = files(base)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    in_use = resnet_hub.load(base, device="cpu")
+    predictor = Predictor(base, device="cpu", precision="fp32")
+    with torch.no_grad():
+        before = {"model": in_use(x), "predictor": predictor.logits(x)}
+    dataset = read_zip(colour_zip(tmp_path_factory.mktemp("colours") / "colours.zip"))
+    config = FinetuneConfig(base=str(base), image_size=32, batch_size=16, epochs=2, lr=0.1, freeze=2,
+                            device="cpu", precision="fp32")
+    result = finetune(dataset, config)
+    return dict(base=base, base_files=base_files, x=x, in_use=in_use, predictor=predictor, before=before,
+                dataset=dataset, result=result)
+
+
+def test_fine_tuning_onto_other_classes_replaces_the_head_and_says_so(base_run):
+    model = base_run["result"].model
+    assert model.labels == ["blue", "green", "red"] and model.fc.out_features == 3
+    assert any("head replaced" in note and "10-class" in note for note in model.info.notes)
+    assert model.info.base_model is None  # a local folder is no Hub repo: the card must not link to it
+    assert model.preprocessing.input_size == 32
+
+
+def test_fine_tuning_leaves_the_base_folder_byte_identical(base_run):
+    assert files(base_run["base"]) == base_run["base_files"]
+
+
+def test_a_base_model_in_use_elsewhere_is_never_modified(base_run):
+    with torch.no_grad():
+        assert torch.equal(base_run["in_use"](base_run["x"]), base_run["before"]["model"])
+        assert torch.equal(base_run["predictor"].logits(base_run["x"]), base_run["before"]["predictor"])
+    assert base_run["in_use"].fc.out_features == 10 and base_run["predictor"].labels[0] == "digit 0"
+
+
+def test_frozen_stages_keep_their_weights_while_later_stages_train(base_run):
+    base = load_file(base_run["base"] / "model.safetensors")
+    tuned = {k: v.cpu() for k, v in base_run["result"].model.state_dict().items()}
+    frozen = [k for k in base if k.startswith(("conv1.", "bn1.", "layer1.", "layer2."))]
+    trained = [k for k in base if k.startswith(("layer3.", "layer4.")) and "num_batches" not in k]
+    assert frozen and trained
+    assert all(torch.equal(tuned[k], base[k]) for k in frozen)  # BatchNorm statistics included
+    assert all(not torch.equal(tuned[k], base[k]) for k in trained)
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        pytest.param({"epochs": 0}, "epochs must be a whole number of at least 1, got 0", id="epochs=0"),
+        pytest.param({"epochs": -1}, "epochs must be a whole number of at least 1, got -1", id="epochs=-1"),
+        pytest.param({"lr": 0.0}, "learning rate must be above 0", id="lr=0"),
+        pytest.param({"lr": -0.1}, "learning rate must be above 0", id="lr=-0.1"),
+        pytest.param({"batch_size": 1000}, "batch size 1000 is larger than the 160 training images", id="batch>train"),
+        pytest.param({"freeze": 7}, "frozen stages must be from -1", id="freeze=7"),
+        pytest.param({"val_fraction": 1.5}, "validation fraction must be between 0 and 1, got 1.5", id="val=1.5"),
+        pytest.param({"image_size": 4}, "image size must be from 16 to 512 px, got 4", id="size=4"),
+    ],
+)
+def test_nonsense_hyperparameters_are_refused_before_training(tiny_digits, change, problem):
+    recorder = Recorder()
+    with pytest.raises(FinetuneError, match=problem):
+        finetune(tiny_digits, FinetuneConfig(**{**TINY, "epochs": 1, **change}), on_event=recorder)
+    assert recorder.events == []
+
+
+def test_a_dataset_too_large_for_the_device_is_refused_with_a_smaller_size_suggested(tiny_digits, monkeypatch):
+    monkeypatch.setattr(finetune_module, "MAX_DEVICE_BYTES", 2**20)
+    with pytest.raises(DataError, match="200 images at 32 px.*--image-size"):
+        finetune(tiny_digits, FinetuneConfig(**TINY, epochs=1))
+
+
+def test_cli_reports_a_zip_with_one_class_as_an_error_with_the_fix(tmp_path, capsys, no_training):
+    one_class = colour_zip(tmp_path / "red.zip", {"red": COLOURS["red"]}, per_class=4)
+    code = main(["finetune", "--data", str(one_class), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT and err.startswith("error: ") and "its own folder" in err
+    assert no_training == [] and not (tmp_path / "out").exists()
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def test_cli_refuses_an_existing_out_folder(tmp_path, capsys, no_training):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code = main(["finetune", *CLI_TINY, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT and err.startswith("error: ") and "already exists" in err and "--overwrite" in err
+    assert no_training == [] and files(out) == {"notes.txt": b"mine"}
+
+
+def test_cli_overwrite_replaces_an_existing_out_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["finetune", *CLI_TINY, "--out", str(out), "--overwrite", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["out"] == str(out)
+    assert sorted(files(out)) == ["README.md", "config.json", "model.safetensors"]
+    assert resnet_hub.load(out, device="cpu").labels == [str(d) for d in range(10)]
+
+
+def test_cli_limit_per_class_is_refused_for_other_datasets(tmp_path, capsys, no_training):
+    data = colour_zip(tmp_path / "colours.zip", per_class=4)
+    code = main(["finetune", "--data", str(data), "--limit-per-class", "2", "--out", str(tmp_path / "out")])
+    assert code == EXIT_BAD_INPUT and "--limit-per-class applies to mnist-sample only" in capsys.readouterr().err
+    assert no_training == []
+
+
+def test_cli_time_budget_stops_the_run_and_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["finetune", *CLI_TINY, "--time-budget", "0.000001", "--out", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert code == EXIT_STOPPED
+    summary = json.loads(captured.out)
+    assert summary["stopped"] and summary["out"] is None and "nothing saved" in captured.err
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor a temporary sibling
+
+
+@pytest.mark.parametrize("repo_id", ["no-namespace-slash", "someone/bad name", "someone/x@main"])
+def test_cli_push_to_a_malformed_repo_id_is_refused_before_training(tmp_path, capsys, no_training, repo_id):
+    code = main(["finetune", *CLI_TINY, "--out", str(tmp_path / "out"), "--push-to", repo_id])
+    assert code == EXIT_BAD_INPUT and capsys.readouterr().err.startswith("error: ")
+    assert no_training == [] and not (tmp_path / "out").exists()
+
+
+def test_cli_push_without_a_token_is_refused_before_training(tmp_path, capsys, fake_hub, no_training):
+    code = main(["finetune", *CLI_TINY, "--out", str(tmp_path / "out"), "--push-to", "someone/digits"])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT and err.startswith("error: ") and "HF_TOKEN" in err and "hf auth login" in err
+    assert no_training == [] and fake_hub.requests == [] and not (tmp_path / "out").exists()
+
+
+def test_cli_push_uploads_exactly_the_saved_out_folder(tmp_path, capsys, fake_hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    out = tmp_path / "out"
+    assert main(["finetune", *CLI_TINY, "--out", str(out), "--push-to", "someone/digits", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pushed"].startswith("https://huggingface.co/someone/digits/commit/")
+    assert fake_hub.uploaded == files(out)
+
+
+# --- DistributedDataParallel ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """The tiny CLI run as two processes under torchrun (gloo on CPU)."""
+    where = tmp_path_factory.mktemp("ddp")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "-m", "resnet_hub", "finetune", *CLI_TINY, "--json", "--out", str(where / "out")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return where, done
+
+
+def test_torchrun_with_two_processes_completes_and_prints_one_json_document(ddp_run):
+    _, done = ddp_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)  # rank 1 prints nothing: one document, not two
+    assert summary["stopped"] is False and summary["out"] is not None
+
+
+def test_under_torchrun_only_rank_zero_writes_the_out_folder(ddp_run):
+    where, done = ddp_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in where.iterdir()] == ["out"]  # no second copy, no temporary siblings
+    assert resnet_hub.load(where / "out", device="cpu").labels == [str(d) for d in range(10)]
+
+
+def test_torchrun_keeps_the_single_process_schedule_for_the_same_global_batch(ddp_run, tmp_path, capsys):
+    _, done = ddp_run
+    assert main(["finetune", *CLI_TINY, "--json", "--out", str(tmp_path / "single")]) == 0
+    single = json.loads(capsys.readouterr().out)
+    ddp = json.loads(done.stdout)
+    assert ddp["steps"] == single["steps"] == 5
+    assert ddp["lr_schedule"] == pytest.approx(single["lr_schedule"])
+
+
+# --- the starter models in the local store -------------------------------------------------------
+
+
+@pytest.fixture
+def starter_store(tmp_path, monkeypatch):
+    """An empty store with the resnet18 starter recipe shrunk to 3 steps; counts the training runs."""
+    monkeypatch.setenv("RESNET_HUB_HOME", str(tmp_path))
+    monkeypatch.setitem(store.STARTER_RECIPE, "resnet18", FinetuneConfig(**TINY, epochs=1, lr=0.1))
+    monkeypatch.setattr(store, "mnist_sample", lambda: mnist_sample(limit_per_class=10))
+    runs = []
+    real = store.finetune
+    monkeypatch.setattr(store, "finetune", lambda *a, **k: runs.append(1) or real(*a, **k))
+    return runs
+
+
+def test_the_starter_is_trained_into_the_store_and_loads(starter_store, tmp_path):
+    folder = store.build_starter("resnet18")
+    assert folder == tmp_path / "models" / "starter-resnet18-mnist"
+    model = resnet_hub.load(folder, device="cpu")
+    assert model.labels == [str(d) for d in range(10)]
+    assert model.info.training["name"] == "starter-resnet18-mnist"
+
+
+def test_a_stored_starter_is_not_trained_again(starter_store):
+    folder = store.build_starter("resnet18")
+    weights = folder / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert store.build_starter("resnet18") == folder
+    assert starter_store == [1] and weights.stat().st_mtime_ns == stamp
+
+
+def test_local_models_lists_the_starter_first(starter_store):
+    resnet_hub.create("resnet18", num_classes=2).save_pretrained(store.models_dir() / "aaa-first-by-name")
+    folder = store.build_starter("resnet18")
+    assert store.local_models() == [folder, store.models_dir() / "aaa-first-by-name"]
