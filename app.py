@@ -5,11 +5,18 @@ Run locally with `python app.py`; on a Hugging Face Space this file is the app.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import os
+import uuid
+import warnings
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from resnet_hub.errors import ResNetHubError
 from resnet_hub.finetune import FinetuneConfig
@@ -29,9 +36,12 @@ except ImportError:
 
 
 ON_SPACES = os.environ.get("SYSTEM") == "spaces"
+# Gradio 6.31's plot components call pandas APIs that pandas 3 flags for removal, once per request.
+warnings.filterwarnings("ignore", category=getattr(pd.errors, "Pandas4Warning", FutureWarning))
 MAX_FILE_SIZE = "50mb"
 QUEUE_SIZE = 64
 CLASSIFY_CONCURRENCY = 4
+HEATMAP_MIN_SIDE = 224  # px, as shown
 
 registry = ModelRegistry()
 jobs = FinetuneJobs(registry)
@@ -49,6 +59,28 @@ def _progress_hook(progress: gr.Progress):
             progress(event.step / event.total_steps, desc="building the starter model (first use only)")
 
     return on_event
+
+
+def uploaded_image(**kwargs) -> gr.Image:
+    """A gr.Image whose upload reaches the handler as the stored file, undecoded.
+
+    gr.Image decodes first (any format Pillow knows, up to Pillow's own 179-megapixel
+    limit) and answers a bad file with a generic "could not preprocess" error that shows
+    the server's path; here resnet_hub.images checks the format and the pixel count before
+    decoding, and names what is wrong. (Overridden on the instance: a gr.Image subclass
+    makes Gradio write an app.pyi stub next to this file at import.)
+    """
+    component = gr.Image(type="filepath", image_mode=None, **kwargs)
+    component.preprocess = _stored_upload
+    return component
+
+
+def _stored_upload(payload):
+    if payload is None:
+        return None
+    if payload.path is None and (payload.url or "").startswith("data:"):
+        return base64.b64decode(payload.url.partition(",")[2])
+    return payload.path
 
 
 def _image_from(image, sketch):
@@ -73,7 +105,36 @@ def classify(image, sketch, model_choice, top_k, progress=gr.Progress()):
     info = f"**{result.model}** · {result.latency_ms:.1f} ms for this call"
     if result.note:
         info += f" · {result.note}"
-    return result.prediction.as_dict(), info, result.heatmap
+    return result.prediction.as_dict(), info, _cached(_visible(result.heatmap), heatmap.GRADIO_CACHE)
+
+
+def _cached(picture, cache_dir: str) -> str | None:
+    """The overlay as a file in Gradio's cache, written once and atomically.
+
+    gr.Image (Gradio 6.31) saves a returned PIL image by rewriting a file named after its
+    content in place, so two requests with the same overlay (the same example, clicked at
+    once) can serve each other a half-written file: the load test saw ~5% of downloads cut.
+    """
+    if picture is None:
+        return None
+    buffer = io.BytesIO()
+    picture.save(buffer, format="WEBP")
+    data = buffer.getvalue()
+    path = Path(cache_dir) / hashlib.sha256(data).hexdigest() / "heatmap.webp"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".heatmap.{uuid.uuid4().hex}.tmp")
+        staging.write_bytes(data)
+        os.replace(staging, path)
+    return str(path)
+
+
+def _visible(heatmap):
+    """The grad-CAM overlay is the size the model saw: 32 px for the starters, a speck on the page."""
+    if heatmap is None or min(heatmap.size) >= HEATMAP_MIN_SIDE:
+        return heatmap
+    scale = -(-HEATMAP_MIN_SIDE // min(heatmap.size))
+    return heatmap.resize((heatmap.width * scale, heatmap.height * scale), Image.Resampling.NEAREST)
 
 
 # -- Compare ----------------------------------------------------------------
@@ -136,7 +197,8 @@ def _choices_update():
 def train(data_zip, use_mnist, base, epochs, lr, freeze, name, progress=gr.Progress()):
     data = "mnist-sample" if use_mnist else data_zip
     if not data:
-        raise gr.Error("no data: upload a .zip with one folder per class, or tick 'bundled MNIST sample'")
+        raise gr.Error("no data: upload a .zip with one folder per class, or tick 'bundled MNIST sample'",
+                       print_exception=False)
     try:
         config = FinetuneConfig(base=base, epochs=int(epochs), lr=float(lr), freeze=int(freeze),
                                 image_size=32 if use_mnist else 128)
@@ -145,17 +207,22 @@ def train(data_zip, use_mnist, base, epochs, lr, freeze, name, progress=gr.Progr
         raise _user_error(e) from None
     history = []
     status = f"Training on {job.dataset.summary()}"
-    yield job.id, status, _curves(history), None, None, *_choices_update()
-    for batch in jobs.stream(job):
-        history += batch
-        for event in batch:
-            if event.kind == "step" and event.total_steps:
-                progress(event.step / event.total_steps,
-                         desc=f"epoch {event.epoch + 1}/{event.epochs} · {event.images_per_s:.0f} img/s · ETA {event.eta_s:.0f} s")
-            if event.message:
-                status = event.message
-        if batch:
-            yield job.id, status, _curves(history), None, None, *_choices_update()
+    try:
+        yield job.id, status, _curves(history), None, None, *_choices_update()
+        for batch in jobs.stream(job):
+            history += batch
+            for event in batch:
+                if event.kind == "step" and event.total_steps:
+                    progress(event.step / event.total_steps,
+                             desc=f"epoch {event.epoch + 1}/{event.epochs} · {event.images_per_s:.0f} img/s · ETA {event.eta_s:.0f} s")
+                if event.message:
+                    status = event.message
+            if batch:
+                yield job.id, status, _curves(history), None, None, *_choices_update()
+    finally:
+        # The visitor left (Gradio closed this generator): nobody can press Stop any more.
+        if not job.done.is_set():
+            jobs.stop(job.id)
     if job.error:
         raise gr.Error(job.error, print_exception=False)
     result = job.result
@@ -236,7 +303,7 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
     with gr.Tab("Classify", id="classify"):
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="numpy", sources=["upload", "webcam", "clipboard"], label="Image")
+                image = uploaded_image(sources=["upload", "webcam", "clipboard"], label="Image")
                 sketch = gr.Sketchpad(label="…or draw a digit", type="numpy", image_mode="RGB", canvas_size=(280, 280))
                 model = gr.Dropdown(choices=choices, value="resnet50", allow_custom_value=True,
                                     label="Model (or type a Hub repo id: org/name)")
@@ -253,7 +320,7 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
     with gr.Tab("Compare", id="compare"):
         with gr.Row():
             with gr.Column():
-                c_image = gr.Image(type="numpy", sources=["upload", "webcam", "clipboard"], label="Image")
+                c_image = uploaded_image(sources=["upload", "webcam", "clipboard"], label="Image")
                 c_sketch = gr.Sketchpad(label="…or draw a digit", type="numpy", image_mode="RGB", canvas_size=(280, 280))
                 with gr.Row():
                     model_a = gr.Dropdown(choices=choices, value="resnet18", allow_custom_value=True, label="Model A")

@@ -23,18 +23,20 @@ from typing import Any
 
 from PIL import Image
 
-from .data import ImageDataset, mnist_sample, read_zip
+from .data import ImageDataset, mnist_sample, read_zip, stratified_split
 from .errors import ResNetHubError, SourceError, WeightsNotFoundError
 from .finetune import Event, FinetuneConfig, FinetuneResult, finetune
 from .images import center_digit, load_image
 from .predict import Comparison, Prediction, Predictor, compare
 from .store import STARTER_ARCHS, build_starter, is_model_folder, local_models, model_folder, starter_folder
-from .weights import DEFAULT_SOURCES, resolve
+from .hub import DEFAULT_SOURCES, resolve
 
 logger = logging.getLogger(__name__)
 
 DISPLAY = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}
 STORE_PREFIX = "local:"
+# What a visitor may type as a model: a Hub repo id (org/name, optionally @revision), never a server path.
+_TYPED_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w.-]+)?$")
 
 
 class ServiceError(ResNetHubError, ValueError):
@@ -118,7 +120,22 @@ class ModelRegistry:
             if not is_model_folder(folder):
                 raise ServiceError(f"{choice[len(STORE_PREFIX):]} is not in the local model store any more")
             return str(folder)
-        return choice  # a Hub repo id typed in by the user
+        # A Hub repo id typed in by the user. resolve() would also load any folder on the server,
+        # and its errors would tell a visitor which paths exist: the app serves the Hub and its store only.
+        if not _TYPED_REPO_ID.match(choice) or ".." in choice or Path(choice).expanduser().exists():
+            raise ServiceError(
+                f"{choice!r} is not a model here: pick one from the list, or type a Hub repo id such as "
+                f"'timm/resnet50.a1_in1k'"
+            )
+        return choice
+
+    def _display_name(self, choice: str) -> str | None:
+        """What the UI calls a model served from the store: by name, not by its path on the server."""
+        if self.uses_starters and choice in STARTER_ARCHS:
+            return f"{DISPLAY[choice]} (starter digits)"
+        if choice.startswith(STORE_PREFIX):
+            return choice[len(STORE_PREFIX):]
+        return None
 
     # -- serving ---------------------------------------------------------------
 
@@ -133,7 +150,9 @@ class ModelRegistry:
             if source not in self._predictors:
                 if self.uses_starters and choice in STARTER_ARCHS:
                     build_starter(choice, on_event=on_event)
-                self._predictors[source] = Predictor(source, self.device, self.precision)
+                predictor = Predictor(source, self.device, self.precision)
+                predictor.name = self._display_name(choice) or predictor.name
+                self._predictors[source] = predictor
             return self._predictors[source]
 
     def base_source(self, choice: str, on_event: Callable[[Event], None] | None = None) -> str:
@@ -178,7 +197,7 @@ class ModelRegistry:
 class Job:
     id: str
     config: FinetuneConfig
-    dataset: ImageDataset
+    dataset: ImageDataset | None = None
     events: queue.Queue = field(default_factory=queue.Queue)
     stop: threading.Event = field(default_factory=threading.Event)
     result: FinetuneResult | None = None
@@ -196,17 +215,28 @@ class FinetuneJobs:
         self.active: Job | None = None
 
     def start(self, data: str | Path, config: FinetuneConfig, model_name: str | None = None) -> Job:
-        """Read the data, then train in a background thread. ``data`` is a zip path or 'mnist-sample'."""
-        dataset = mnist_sample() if str(data) == "mnist-sample" else read_zip(data)
-        name = model_name or f"{_slug(Path(str(data)).stem)}-{config.base.split(':')[-1].split('/')[-1]}"
-        folder = model_folder(_slug(name))
-        if not config.base.startswith("scratch:"):
-            config.base = self.registry.base_source(config.base)
+        """Read the data, then train in a background thread. ``data`` is a zip path or 'mnist-sample'.
+
+        The app's one run is reserved first, so a second visitor hears "wait" at once,
+        before any zip is read or starter built.
+        """
         with self._lock:
             if self.active is not None and not self.active.done.is_set():
                 raise ServiceError("another fine-tune run is in progress on this app: wait for it to finish, then start again")
-            job = Job(uuid.uuid4().hex, config, dataset, folder=folder)
-            self.active = job
+            job = self.active = Job(uuid.uuid4().hex, config)
+        try:
+            job.dataset = mnist_sample() if str(data) == "mnist-sample" else read_zip(data)
+            name = model_name or f"{_slug(Path(str(data)).stem)}-{config.base.split(':')[-1].split('/')[-1]}"
+            job.folder = model_folder(_slug(name))
+            # The app has no batch-size control: a dataset with fewer training images than one
+            # batch trains in one smaller batch per step instead of failing validation.
+            train_images = len(stratified_split(job.dataset, config.val_fraction, seed=config.seed)[0])
+            config.batch_size = max(1, min(config.batch_size, train_images))
+            if not config.base.startswith("scratch:"):
+                config.base = self.registry.base_source(config.base)
+        except BaseException:
+            job.done.set()  # frees the reservation
+            raise
         threading.Thread(target=self._run, args=(job,), name=f"finetune-{job.id[:8]}", daemon=True).start()
         return job
 
@@ -251,10 +281,15 @@ class FinetuneJobs:
 
 
 def zip_model_folder(folder: Path, out_dir: Path | None = None) -> Path:
-    """A zip of a model folder for download, written under a temporary name and renamed."""
-    out_dir = Path(out_dir or tempfile.mkdtemp(prefix="resnet-hub-download-"))
+    """A zip of a model folder for download, written under a temporary name and renamed.
+
+    One zip per model name in one folder (the system's temporary directory by
+    default), so repeated downloads do not pile up on disk.
+    """
+    out_dir = Path(out_dir or Path(tempfile.gettempdir()) / "resnet-hub-downloads")
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(shutil.make_archive(str(out_dir / f".{folder.name}.partial"), "zip", root_dir=folder.parent, base_dir=folder.name))
+    partial = out_dir / f".{folder.name}.{uuid.uuid4().hex}.partial"
+    tmp = Path(shutil.make_archive(str(partial), "zip", root_dir=folder.parent, base_dir=folder.name))
     final = out_dir / f"{folder.name}.zip"
     tmp.replace(final)
     return final

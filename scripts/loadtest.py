@@ -1,0 +1,201 @@
+"""Load-test the app's /classify endpoint from many clients at once, on loopback only.
+
+    python scripts/loadtest.py --url http://127.0.0.1:7860 --clients 16 --requests 25 --image cat.png
+
+Without --url the app is started here, in this process, on a free loopback port, offline,
+on a throwaway store with tiny starter models (built in a few seconds), so what is measured
+is serving, not training. The clients then share this process (and its GIL) with the server:
+for numbers that mean something, start `python app.py` and pass --url.
+
+Prints total, answered, failed, p50/p95/max latency and requests/s; exits 1 if any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Tally:
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answered(self, ms: float) -> None:
+        with self.lock:
+            self.latencies_ms.append(ms)
+
+    def failed(self, why: str) -> None:
+        with self.lock:
+            self.errors.append(why)
+
+
+def is_loopback(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app_here():
+    """Serve app.py from this process, offline, on a temporary store with tiny starters; returns (demo, url)."""
+    root = Path(tempfile.mkdtemp(prefix="resnet-hub-loadtest-"))
+    os.environ.update(RESNET_HUB_HOME=str(root / "home"), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+                      GRADIO_TEMP_DIR=str(root / "gradio"))
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE = True, str(root / "empty-hf-cache")
+    sys.path.insert(0, str(ROOT))
+    from resnet_hub import store
+    from resnet_hub.data import mnist_sample
+    from resnet_hub.finetune import FinetuneConfig, finetune
+
+    for arch in store.STARTER_ARCHS:  # tiny: one epoch on 100 digits
+        result = finetune(mnist_sample(limit_per_class=10),
+                          FinetuneConfig(base=f"scratch:{arch}", epochs=1, image_size=32, batch_size=32))
+        result.model.info.training["name"] = store.starter_name(arch)
+        result.save(store.starter_folder(arch))
+    import app
+
+    _, url, _ = app.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
+                                **app.launch_options())
+    return app.demo, url
+
+
+def default_image() -> str:
+    sys.path.insert(0, str(ROOT))
+    from resnet_hub.examples import example_images
+
+    return str(next(p for p in example_images() if p.name.startswith("mnist-digit-")))
+
+
+def one_client(url: str, image: str, model: str, requests: int, timeout_s: float, deadline: float, tally: Tally,
+               ready: threading.Barrier) -> None:
+    from gradio_client import Client, handle_file
+
+    try:
+        client = Client(url, verbose=False)
+    except Exception as e:  # noqa: BLE001 - a client that cannot connect counts all its requests as failed
+        ready.wait()
+        for _ in range(requests):
+            tally.failed(f"connect: {type(e).__name__}: {e}")
+        return
+    ready.wait()
+    for _ in range(requests):
+        if time.monotonic() > deadline:
+            tally.failed("not sent: the run's time limit was reached")
+            continue
+        start = time.perf_counter()
+        job = client.submit(handle_file(image), None, model, 5, api_name="/classify")
+        try:
+            label = job.result(timeout=timeout_s)[0]
+            if not label or "label" not in label:
+                raise ValueError(f"no label in the answer: {label!r}")
+            tally.answered((time.perf_counter() - start) * 1000)
+        except Exception as e:  # noqa: BLE001 - every kind of failure is counted and reported
+            job.cancel()
+            tally.failed(f"{type(e).__name__}: {e}"[:200])
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
+
+
+def report(tally: Tally, total: int, seconds: float) -> str:
+    ms = sorted(tally.latencies_ms)
+    rows = [
+        ("requests", f"{total}"),
+        ("answered", f"{len(ms)}"),
+        ("failed", f"{len(tally.errors)}"),
+        ("p50 latency (ms)", f"{percentile(ms, 0.50):.0f}"),
+        ("p95 latency (ms)", f"{percentile(ms, 0.95):.0f}"),
+        ("max latency (ms)", f"{ms[-1]:.0f}" if ms else "nan"),
+        ("requests/s", f"{len(ms) / seconds:.1f}"),
+        ("wall time (s)", f"{seconds:.1f}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value:>8}" for name, value in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="a running app on loopback (default: start one here)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients, each its own connection")
+    parser.add_argument("--requests", type=int, default=25, help="/classify requests per client")
+    parser.add_argument("--image", help="the image every request sends (default: an example MNIST digit)")
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request before it counts as failed")
+    parser.add_argument("--max-seconds", type=float, default=600.0, help="no request is sent after this long")
+    args = parser.parse_args(argv)
+    if not 1 <= args.clients <= 64 or not 1 <= args.requests <= 1000:
+        parser.error("--clients must be 1-64 (the app's queue holds 64) and --requests 1-1000")
+
+    demo = None
+    if args.url:
+        if not is_loopback(args.url):
+            parser.error(f"{args.url} is not a loopback address: this script only loads an app on this machine")
+        url = args.url
+    else:
+        print("starting the app in this process (offline, tiny starter models) ...", flush=True)
+        demo, url = start_app_here()
+    image = args.image or default_image()
+    if not Path(image).is_file():
+        parser.error(f"--image {image} does not exist")
+
+    tally = Tally()
+    ready = threading.Barrier(args.clients + 1, timeout=120)
+    deadline = time.monotonic() + args.max_seconds
+    threads = [
+        threading.Thread(target=one_client, args=(url, image, args.model, args.requests, args.timeout, deadline, tally,
+                                                  ready), daemon=True)
+        for _ in range(args.clients)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        ready.wait()  # every client connected: time the requests only
+    except threading.BrokenBarrierError:
+        print("some clients could not start within 120 s", file=sys.stderr)
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()) + args.timeout + 5)
+    seconds = time.perf_counter() - start
+    total = args.clients * args.requests
+    missing = total - len(tally.latencies_ms) - len(tally.errors)
+    for _ in range(missing):  # threads still stuck past every limit
+        tally.failed("no answer within the run's time limit")
+
+    print(f"{args.clients} clients x {args.requests} /classify requests ({args.model}) against {url}")
+    print(report(tally, total, seconds))
+    for error in sorted(set(tally.errors))[:5]:
+        print(f"  error: {error}")
+    if demo is not None:
+        demo.close()
+    return 1 if tally.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

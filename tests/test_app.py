@@ -1,0 +1,325 @@
+"""The app end to end: gradio_client against the real app.py served on loopback.
+
+Offline (no Hub), so the app serves its starter digit models; the session fixture
+pre-builds tiny ones. Labels are therefore digits, and the tests check what the
+app answers and how, not how accurate the tiny models are.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import threading
+import time
+import zipfile
+import zlib
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image, ImageDraw
+
+ARCHS = ["resnet18", "resnet50"]
+DIGIT_LABELS = {str(d) for d in range(10)}
+ENDPOINTS = {"/classify", "/compare", "/finetune", "/stop_finetune", "/push"}
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+def example(kind: str) -> Path:
+    """One of the app's own examples: 'photo' (scikit-image's cat) or 'digit' (a real MNIST digit)."""
+    from resnet_hub.examples import example_images
+
+    prefix = {"photo": "chelsea", "digit": "mnist-digit-"}[kind]
+    return next(p for p in example_images() if p.name.startswith(prefix))
+
+
+def drawn_one(path: Path) -> Path:
+    """A '1' drawn the way the Sketchpad sends it: a thick white stroke on a black 280x280 canvas."""
+    canvas = Image.new("RGB", (280, 280), "black")
+    ImageDraw.Draw(canvas).line([(140, 50), (140, 230)], fill="white", width=24)
+    canvas.save(path)
+    return path
+
+
+def sketch(png: Path | None) -> dict:
+    return {"background": None, "layers": [], "composite": handle_file(str(png)) if png else None}
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width x height (a decompression bomb's header, without its bulk)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def noise(width: int, height: int) -> Image.Image:
+    """A photo-like image: incompressible, so cutting its file short cuts its pixel data short."""
+    return Image.frombytes("RGB", (width, height), random.Random(0).randbytes(width * height * 3))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def colour_zip(path: Path, per_class: int = 12, size: int = 32) -> Path:
+    """Two classes a model can tell apart: reddish and bluish squares, a little different each."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, (r, g, b) in {"red": (220, 30, 30), "blue": (30, 30, 220)}.items():
+            for i in range(per_class):
+                shade = (r - 4 * i % 60, g + 3 * i % 40, b - 4 * i % 60)
+                archive.writestr(f"{name}/{i:03d}.png", png_bytes(Image.new("RGB", (size, size), shade)))
+    return path
+
+
+# --- calls -----------------------------------------------------------------------------------
+
+
+def classify(client: Client, image: Path | None, model: str = "resnet18", top_k: int = 5, drawn: Path | None = None):
+    return client.predict(handle_file(str(image)) if image else None, sketch(drawn) if drawn else None, model, top_k,
+                          api_name="/classify")
+
+
+def finetune_args(data: Path | None, name: str, *, base: str = "resnet18", epochs: int = 1, use_mnist: bool = False):
+    return (handle_file(str(data)) if data else None, use_mnist, base, epochs, 0.05, -1, name)
+
+
+def assert_still_serves(client: Client) -> None:
+    label, _, _ = classify(client, example("digit"))
+    assert label["label"] in DIGIT_LABELS
+
+
+# --- the page --------------------------------------------------------------------------------
+
+
+def test_banner_says_the_imagenet_weights_are_unreachable_and_starters_serve(running_app):
+    banner = running_app.module.registry.banner
+    assert running_app.module.registry.uses_starters
+    assert "Offline: the ImageNet weights are not reachable" in banner and "starter digit classifiers" in banner
+
+    config = httpx.get(running_app.url + "config", timeout=10).json()
+    served = [c["props"].get("value") for c in config["components"] if c["props"].get("elem_id") == "weights-banner"]
+    assert served == [banner]
+    assert httpx.get(running_app.url, timeout=10).status_code == 200
+
+
+def test_every_event_is_a_named_api_endpoint(running_app):
+    api = running_app.client.view_api(return_format="dict", print_info=False)
+    assert set(api["named_endpoints"]) == ENDPOINTS
+    assert api["unnamed_endpoints"] == {}
+
+
+def test_the_queue_is_bounded(running_app):
+    app = running_app.module
+    assert app.demo._queue.max_size == app.QUEUE_SIZE == 64
+
+
+# --- classify --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kind", ["photo", "digit"])
+def test_classify_an_example_gives_top_k_a_timing_and_a_heatmap(running_app, kind, arch):
+    label, timing, heatmap = classify(running_app.client, example(kind), arch, top_k=5)
+
+    confidences = label["confidences"]
+    assert len(confidences) == 5
+    assert label["label"] == confidences[0]["label"] and {c["label"] for c in confidences} <= DIGIT_LABELS
+    assert sum(c["confidence"] for c in confidences) <= 1 + 1e-6
+    assert [c["confidence"] for c in confidences] == sorted((c["confidence"] for c in confidences), reverse=True)
+    assert " ms for this call" in timing
+    assert f"{arch.replace('resnet', 'ResNet-')} (starter digits)" in timing
+    assert str(running_app.home) not in timing  # a store model is named, its server path is not shown
+    with Image.open(heatmap) as overlay:
+        assert min(overlay.size) >= running_app.module.HEATMAP_MIN_SIDE  # the starters see 32 px: shown larger
+
+
+def test_classify_a_digit_drawn_on_the_sketchpad(running_app, tmp_path):
+    label, timing, _ = classify(running_app.client, None, "resnet18", top_k=3, drawn=drawn_one(tmp_path / "one.png"))
+
+    assert label["label"] in DIGIT_LABELS and len(label["confidences"]) == 3
+    assert "centred and scaled the way MNIST digits are" in timing
+
+
+def test_an_uploaded_image_wins_over_the_sketch(running_app, tmp_path):
+    with_sketch, _, _ = classify(running_app.client, example("digit"), drawn=drawn_one(tmp_path / "one.png"))
+    alone, _, _ = classify(running_app.client, example("digit"))
+    assert with_sketch == alone
+
+
+# --- compare ---------------------------------------------------------------------------------
+
+
+def test_compare_two_models_side_by_side(running_app):
+    label_a, label_b, verdict, table, chart = running_app.client.predict(
+        handle_file(str(example("digit"))), None, "resnet18", "resnet50", api_name="/compare"
+    )
+
+    for label in (label_a, label_b):
+        assert label["label"] in DIGIT_LABELS and len(label["confidences"]) == 5
+    assert ("agrees" in verdict) == (label_a["label"] == label_b["label"])
+    assert "agrees" in verdict or "differs" in verdict
+    rows = [dict(zip(table["headers"], row)) for row in table["data"]]
+    assert [r["model"] for r in rows] == ["ResNet-18 (starter digits)", "ResNet-50 (starter digits)"]
+    assert all(r["GMACs"] > 0 and r["parameters (M)"] > 0 and r["median (ms)"] > 0 for r in rows)
+    assert rows[0]["parameters (M)"] < rows[1]["parameters (M)"]
+    assert chart["columns"] == ["model", "measure", "ms"]
+    assert {(m, measure) for m, measure, _ in chart["data"]} == {
+        (r["model"], measure) for r in rows for measure in ("median (ms)", "p90 (ms)")
+    }
+
+
+# --- fine-tune -------------------------------------------------------------------------------
+
+
+def test_finetune_on_an_uploaded_zip_adds_a_model_to_every_chooser(running_app, tmp_path):
+    app, client = running_app.module, running_app.client
+    job = client.submit(*finetune_args(colour_zip(tmp_path / "colours.zip"), "test-colors"), api_name="/finetune")
+    status, curves, _, download, *choosers = job.result(timeout=240)
+
+    assert "Validation accuracy" in status and "test-colors" in status
+    assert {row[1] for row in curves["data"]} >= {"train loss", "validation accuracy"}
+    assert ("test-colors (fine-tuned here)", "local:test-colors") in app.registry.choices()
+    assert len(choosers) == app.CHOOSERS
+    for chooser in choosers:
+        assert ["test-colors (fine-tuned here)", "local:test-colors"] in chooser["choices"]
+    with zipfile.ZipFile(download) as archive:
+        assert {Path(n).name for n in archive.namelist()} >= {"model.safetensors", "config.json", "README.md"}
+
+    label, timing, _ = classify(client, example("photo"), "local:test-colors", top_k=2)
+    assert {c["label"] for c in label["confidences"]} == {"red", "blue"}
+    assert "test-colors" in timing and str(running_app.home) not in timing
+
+
+def test_stop_with_no_run_in_progress_only_warns(running_app):
+    assert running_app.client.predict(api_name="/stop_finetune") == ()
+
+
+def test_a_second_finetune_waits_for_the_first(running_app, tmp_path, monkeypatch):
+    """The /finetune event has concurrency_limit=1, so a second request (from another client)
+    waits in the queue and starts training only after the first run has finished: the two
+    training runs, timed inside the app, never overlap. (Had it reached the app while a run was
+    going, FinetuneJobs would have refused it with 'another fine-tune run is in progress'.)"""
+    from resnet_hub import service
+
+    runs, lock, real_finetune = [], threading.Lock(), service.finetune
+
+    def timed_finetune(*args, **kwargs):
+        start = time.monotonic()
+        try:
+            return real_finetune(*args, **kwargs)
+        finally:
+            with lock:
+                runs.append((start, time.monotonic()))
+
+    monkeypatch.setattr(service, "finetune", timed_finetune)
+    data = colour_zip(tmp_path / "bigger.zip", per_class=40)
+    first = running_app.client.submit(*finetune_args(data, "first-run", epochs=2), api_name="/finetune")
+    assert wait_for(lambda: first.status().code.name in ("PROCESSING", "ITERATING", "PROGRESS"), 60)
+    second = Client(running_app.url, verbose=False).submit(*finetune_args(data, "second-run"), api_name="/finetune")
+
+    time.sleep(1.0)
+    assert not first.done() and second.status().code.name == "IN_QUEUE"
+    first_status = first.result(timeout=240)[0]
+    second_status = second.result(timeout=240)[0]
+
+    assert "Validation accuracy" in first_status and "Validation accuracy" in second_status
+    assert len(runs) == 2
+    (_, end_first), (start_second, _) = sorted(runs)
+    assert end_first <= start_second
+
+
+def wait_for(condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# --- bad input: each answered with a clear error, and the app keeps serving ------------------
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def hostile_zip(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(3):
+            archive.writestr(f"cats/{i}.png", png_bytes(Image.new("RGB", (8, 8), "white")))
+            archive.writestr(f"dogs/{i}.png", png_bytes(Image.new("RGB", (8, 8), "black")))
+        archive.writestr("../evil.png", png_bytes(Image.new("RGB", (8, 8), "red")))
+    return path
+
+
+BAD_INPUTS = {
+    "no image": (lambda c, d: classify(c, None), "no image"),
+    "an empty sketch": (lambda c, d: c.predict(None, sketch(None), "resnet18", 5, api_name="/classify"), "no image"),
+    "a truncated png": (
+        lambda c, d: classify(c, write(d / "cut.png", png_bytes(noise(64, 64))[:2000])),
+        "truncated",
+    ),
+    "a text file named .png": (
+        lambda c, d: classify(c, write(d / "notes.png", b"just some text, not a picture\n" * 4)),
+        "is not an image Pillow can read safely",
+    ),
+    "a 50000x50000 png header": (
+        lambda c, d: classify(c, write(d / "bomb.png", png_declaring(50_000, 50_000))),
+        "decompression bomb",
+    ),
+    "an unknown repo id": (
+        lambda c, d: classify(c, example("digit"), "nobody/does-not-exist-xyz"),
+        "is not in the local Hugging Face cache and the Hub cannot be reached",
+    ),
+    "a server path as the model": (lambda c, d: classify(c, example("digit"), "/etc"), "is not a model here"),
+    "top-k of 0": (lambda c, d: classify(c, example("digit"), top_k=0), "less than minimum value 1"),
+    "a compare with no image": (
+        lambda c, d: c.predict(None, None, "resnet18", "resnet50", api_name="/compare"),
+        "no image",
+    ),
+    "a finetune with no data": (lambda c, d: c.predict(*finetune_args(None, "x"), api_name="/finetune"), "no data"),
+    "a finetune on a non-zip": (
+        lambda c, d: c.predict(*finetune_args(write(d / "data.zip", b"not a zip at all"), "x"), api_name="/finetune"),
+        "is not a readable zip file",
+    ),
+    "a finetune on a zip reaching outside itself": (
+        lambda c, d: c.predict(*finetune_args(hostile_zip(d / "evil.zip"), "x"), api_name="/finetune"),
+        "points outside the archive with '..'",
+    ),
+    "a push without a token": (
+        lambda c, d: c.predict("local:starter-resnet18-mnist", "me/digits", "", api_name="/push"),
+        "log in with Hugging Face (or paste a write token locally)",
+    ),
+    "a push of a model not fine-tuned here": (
+        lambda c, d: c.predict("resnet18", "me/digits", "hf_not_a_real_token", api_name="/push"),
+        "choose a model fine-tuned here",
+    ),
+    "a push to a malformed repo id": (
+        lambda c, d: c.predict("local:starter-resnet18-mnist", "not a repo id!", "hf_not_a_real_token",
+                               api_name="/push"),
+        "is not a Hub repo id",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_answered_with_a_clear_error_and_the_app_keeps_serving(running_app, tmp_path, case):
+    call, message = BAD_INPUTS[case]
+    with pytest.raises(AppError) as error:
+        call(running_app.client, tmp_path)
+
+    assert message in str(error.value)
+    assert str(running_app.uploads) not in str(error.value)  # names the upload, not where the server keeps it
+    assert_still_serves(running_app.client)
