@@ -66,10 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench-finetune", help="fine-tuning images/s against a tutorial training loop",
                        description="Images/s of resnet-hub's fine-tune loop against a plain tutorial loop "
                                    "(DataLoader over PIL transforms, fp32, eager), same model and data, in one run.")
-    p.add_argument("--steps", type=int, default=30, help="timed steps of the tutorial loop (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--data", choices=["photos", "mnist-sample"], default="photos",
+                   help="photos: a zip of class folders made of real photos, at 128 px; mnist-sample: digits at "
+                        "32 px (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps of the tutorial loop (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
     p.add_argument("--arch", default="resnet18", help="(default: %(default)s)")
-    p.add_argument("--image-size", type=int, default=32, help="(default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=None, help="(default: 128 for photos, 32 for digits)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(run=_bench_finetune)
@@ -286,7 +289,7 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
 def _bench_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from .bench import run_finetune_bench
 
-    report = run_finetune_bench(args.steps, args.batch_size, args.arch, args.image_size, args.device,
+    report = run_finetune_bench(args.data, args.steps, args.batch_size, args.arch, args.image_size, args.device,
                                 log=None if args.json else print)
     if not args.json:
         print_table(report["rows"])

@@ -111,6 +111,8 @@ class Event:
     images_per_s: float | None = None
     eta_s: float | None = None
     message: str = ""
+    images: int = 0  # images trained on so far, all processes together
+    elapsed_s: float = 0.0  # since the first step began
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -353,7 +355,8 @@ def finetune(
             seen += len(batch) * world.size
             elapsed = time.perf_counter() - start
             report(Event("step", step, total_steps, epoch, config.epochs, loss=loss, train_accuracy=correct / len(batch), lr=lr,
-                         images_per_s=seen / elapsed, eta_s=elapsed / step * (total_steps - step)))
+                         images_per_s=seen / elapsed, eta_s=elapsed / step * (total_steps - step),
+                         images=seen, elapsed_s=elapsed))
         if stopped_reason:
             break
         val_acc, _ = evaluate(model, x_val, y_val, autocast)
