@@ -8,7 +8,6 @@ under ``torchrun`` with DistributedDataParallel (gloo on CPU, nccl on GPU).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os
