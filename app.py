@@ -312,7 +312,7 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
             with gr.Column():
                 labels = gr.Label(label="Top classes", elem_id="classify-label")
                 timing = gr.Markdown()
-                heatmap = gr.Image(label="Where the model looked (grad-CAM on layer4, top class)", type="pil")
+                heatmap = gr.Image(label="Where the model looked (grad-CAM for the top class)", type="pil")
         gr.Examples(examples(), inputs=[image], label="Examples: real photos (scikit-image) and MNIST digits")
         go.click(classify, [image, sketch, model, top_k], [labels, timing, heatmap], api_name="classify",
                  concurrency_limit=CLASSIFY_CONCURRENCY, concurrency_id="inference")

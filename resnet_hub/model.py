@@ -292,7 +292,7 @@ def weighted_layers(model: ResNet) -> int:
 def stage_table(model: ResNet, input_size: int = 224) -> list[dict[str, object]]:
     """Per stage: output shape for one ``input_size`` image, residual blocks, layers and parameters."""
     with torch.device("meta"):
-        probe = ResNet(model.config)
+        probe = ResNet(model.config).eval()
     shapes = {k: tuple(v.shape[1:]) for k, v in probe.stage_features(
         torch.empty(1, model.config.in_chans, input_size, input_size, device="meta")).items()}
     rows = []

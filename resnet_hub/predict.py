@@ -29,7 +29,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .errors import ResNetHubError
 from .hardware import DTYPES, device_name, resolve_device, resolve_precision, synchronize
 from .images import decode_batch, eval_transform, load_image, to_tensor_batch
-from .model import Bottleneck, ResNet
+from .model import STAGES, Bottleneck, ResNet
 from .weights import HubResNet, load
 
 DEFAULT_TOP_K = 5
@@ -312,7 +312,8 @@ class Predictor:
     # -- explanation ------------------------------------------------------
 
     def gradcam(self, image: Any, class_id: int | None = None, alpha: float = 0.45) -> tuple[Image.Image, int]:
-        """Grad-CAM (Selvaraju et al., arXiv:1610.02391) over ``layer4`` for ``class_id``
+        """Grad-CAM (Selvaraju et al., arXiv:1610.02391) over ``layer4`` (or, for small inputs, the
+        deepest stage with a map of at least 4x4: see :func:`cam_layer`) for ``class_id``
         (default: the top class), as an overlay on the model's input crop.
 
         Runs on its own fp32 copy of the model, never the one serving requests.
@@ -329,21 +330,39 @@ class Predictor:
 
 
 class _GradCAM:
+    MIN_SIDE = 4  # a 1x1 or 2x2 map cannot say where in the image anything is
+
     def __init__(self, model: HubResNet, device: torch.device):
         self.model = copy.deepcopy(model).to(device).float().eval()
         self.device = device
         self.lock = threading.Lock()
+        self.layer = cam_layer(model)
 
     def __call__(self, x: Tensor, class_id: int | None) -> tuple[np.ndarray, int]:
         with self.lock, torch.enable_grad():
-            features = self.model.forward_features(x.to(self.device)).detach().requires_grad_(True)  # (1, C, h, w)
-            logits = self.model.forward_head(features)
+            h = self.model.stem(x.to(self.device))
+            for name in STAGES:
+                h = getattr(self.model, name)(h)
+                if name == self.layer:
+                    features = h = h.detach().requires_grad_(True)  # (1, C, h, w)
+            logits = self.model.forward_head(h)
             class_id = int(logits.argmax(1)) if class_id is None else class_id
             (grad,) = torch.autograd.grad(logits[0, class_id], features)
         weights = grad.mean(dim=(2, 3), keepdim=True)  # (1, C, 1, 1): each channel's importance
         cam = torch.relu((weights * features.detach()).sum(1))[0]
         cam = cam / cam.max() if cam.max() > 0 else cam
         return cam.cpu().numpy(), class_id
+
+
+def cam_layer(model: ResNet) -> str:
+    """``layer4``, unless its map is too coarse at the model's input size (e.g. 1x1 for 32 px
+    digit models): then the deepest stage whose map is at least 4x4."""
+    from .model import stage_table
+
+    rows = stage_table(model, model.preprocessing.input_size)
+    sides = {r["stage"]: r["output (C, H, W)"][-1] for r in rows if r["stage"] in STAGES}
+    fine = [name for name in STAGES if sides[name] >= _GradCAM.MIN_SIDE]
+    return fine[-1] if fine else STAGES[0]
 
 
 def _crop_like_model(picture: Image.Image, p) -> Image.Image:

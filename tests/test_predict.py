@@ -423,3 +423,11 @@ def test_on_cuda_the_predictor_runs_in_half_precision_and_agrees_with_cpu_fp32(a
     assert predictor.precision in ("bf16", "fp16")
     x = predictor.preprocess(list(photos.values()))
     assert relative_error(predictor.logits(x).cpu(), eager_logits(models[arch], x)) < 2e-2
+
+
+def test_gradcam_uses_layer4_unless_its_map_is_too_coarse_to_point_anywhere():
+    from resnet_hub.predict import cam_layer
+
+    assert cam_layer(resnet_hub.create("resnet50")) == "layer4"  # 7x7 at 224 px
+    digits = resnet_hub.create("resnet18", num_classes=10, preprocessing=Preprocessing(input_size=32, crop_pct=1.0))
+    assert cam_layer(digits) == "layer2"  # layer4 is 1x1 and layer3 2x2 at 32 px: layer2 is 4x4
