@@ -183,7 +183,7 @@ class ModelRegistry:
 
     @staticmethod
     def _prepare(image: Any, predictor: Predictor) -> tuple[Image.Image, str]:
-        picture = load_image(image, name="the image")
+        picture = load_image(image, name="the uploaded file")
         if predictor.model.info.training.get("kind") == "digits":
             return center_digit(picture), "digit model: the image was centred and scaled the way MNIST digits are"
         return picture, ""
