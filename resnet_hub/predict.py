@@ -255,13 +255,16 @@ class Predictor:
         """
         single = not isinstance(images, (list, tuple))
         top_k = self._check_top_k(top_k)
-        probs = torch.softmax(self.logits(self.preprocess(images)), dim=1).cpu()
-        values, ids = probs.topk(top_k, dim=1)
-        out = [
+        out = self.top_k(self.logits(self.preprocess(images)), top_k)
+        return out[0] if single else out
+
+    def top_k(self, logits: Tensor, k: int) -> list[Prediction]:
+        """(B, num_classes) logits -> the k most probable classes of each row."""
+        values, ids = torch.softmax(logits.float(), dim=1).cpu().topk(k, dim=1)
+        return [
             Prediction([self.labels[i] for i in row_ids.tolist()], row_values.tolist(), row_ids.tolist())
             for row_values, row_ids in zip(values, ids)
         ]
-        return out[0] if single else out
 
     def _check_top_k(self, top_k: Any) -> int:
         if top_k is None:
@@ -436,11 +439,10 @@ def compare(
     """
     predictors = [m if isinstance(m, Predictor) else Predictor(m, device, precision) for m in models]
     names = _unique_names([p.name for p in predictors])
-    batch = None
     predictions, timings = {}, {}
     for name, predictor in zip(names, predictors):
-        predictions[name] = predictor.classify(image, top_k=top_k)
-        batch = predictor.preprocess(image)
+        batch = predictor.preprocess(image)  # once per model: each has its own preprocessing
+        predictions[name] = predictor.top_k(predictor.logits(batch), predictor._check_top_k(top_k))[0]
         timings[name] = predictor.time(batch_size=1, runs=runs, warmup=2, images=batch)
     return Comparison(
         predictions=predictions,
