@@ -300,14 +300,14 @@ def eval_transform(p: Preprocessing) -> v2.Compose:
     >>> transform(load_image(np.zeros((300, 400, 3), np.uint8))).shape
     torch.Size([3, 224, 224])
     """
-    interpolation = _interpolation(p)
+    return v2.Compose(_channels(p) + [*resize_and_crop(p).transforms, *_to_normalized_tensor(p)])
+
+
+def resize_and_crop(p: Preprocessing) -> v2.Compose:
+    """The geometric part of :func:`eval_transform`: the crop the model sees, still an image
+    (grad-CAM draws its heatmap over it)."""
     return v2.Compose(
-        _channels(p)
-        + [
-            v2.Resize(p.resize_size, interpolation=interpolation, antialias=True),
-            v2.CenterCrop(p.input_size),
-            *_to_normalized_tensor(p),
-        ]
+        [v2.Resize(p.resize_size, interpolation=_interpolation(p), antialias=True), v2.CenterCrop(p.input_size)]
     )
 
 

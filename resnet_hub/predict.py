@@ -28,7 +28,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .errors import ResNetHubError
 from .hardware import DTYPES, device_name, resolve_device, resolve_precision, synchronize
-from .images import decode_batch, eval_transform, load_image, to_tensor_batch
+from .images import decode_batch, eval_transform, load_image, resize_and_crop, to_tensor_batch
 from .model import STAGES, Bottleneck, ResNet
 from .weights import HubResNet, load
 
@@ -328,7 +328,7 @@ class Predictor:
         picture = load_image(image)
         x = self._transform(picture).unsqueeze(0)
         heat, class_id = self._cam(x, None if class_id is None else int(class_id))
-        crop = _crop_like_model(picture, self.model.preprocessing)
+        crop = resize_and_crop(self.model.preprocessing)(picture)
         return overlay_heatmap(crop, heat, alpha), class_id
 
 
@@ -366,14 +366,6 @@ def cam_layer(model: ResNet) -> str:
     sides = {r["stage"]: r["output (C, H, W)"][-1] for r in rows if r["stage"] in STAGES}
     fine = [name for name in STAGES if sides[name] >= _GradCAM.MIN_SIDE]
     return fine[-1] if fine else STAGES[0]
-
-
-def _crop_like_model(picture: Image.Image, p) -> Image.Image:
-    from torchvision.transforms import v2
-
-    resample = {"nearest": v2.InterpolationMode.NEAREST, "bilinear": v2.InterpolationMode.BILINEAR,
-                "bicubic": v2.InterpolationMode.BICUBIC}[p.interpolation]
-    return v2.CenterCrop(p.input_size)(v2.Resize(p.resize_size, interpolation=resample, antialias=True)(picture))
 
 
 def overlay_heatmap(picture: Image.Image, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:

@@ -163,8 +163,7 @@ class ModelRegistry:
 
     def classify(self, image: Any, choice: str, top_k: int = 5, *, heatmap: bool = True,
                  on_event: Callable[[Event], None] | None = None) -> Classification:
-        if image is None:
-            raise ServiceError("no image: upload one, take a webcam picture, paste one or draw a digit")
+        _require_image(image)  # before any model is loaded or built
         predictor = self.predictor(choice, on_event)
         picture, note = self._prepare(image, predictor)
         start = time.perf_counter()
@@ -175,8 +174,7 @@ class ModelRegistry:
 
     def compare(self, image: Any, choices: tuple[str, str] = ("resnet18", "resnet50"), top_k: int = 5,
                 runs: int = 10, on_event: Callable[[Event], None] | None = None) -> Comparison:
-        if image is None:
-            raise ServiceError("no image: upload one, take a webcam picture, paste one or draw a digit")
+        _require_image(image)
         predictors = [self.predictor(c, on_event) for c in choices]
         picture, _ = self._prepare(image, predictors[0])
         return compare(picture, predictors, top_k=min(top_k, *(p.num_classes for p in predictors)), runs=runs)
@@ -293,6 +291,11 @@ def zip_model_folder(folder: Path, out_dir: Path | None = None) -> Path:
     final = out_dir / f"{folder.name}.zip"
     tmp.replace(final)
     return final
+
+
+def _require_image(image: Any) -> None:
+    if image is None:
+        raise ServiceError("no image: upload one, take a webcam picture, paste one or draw a digit")
 
 
 def _slug(text: str) -> str:
