@@ -55,6 +55,8 @@ class FinetuneConfig:
     freeze: int = -1  # -1: train all; 0: freeze the stem; N: stem + layer1..N
     val_fraction: float = 0.2
     image_size: int | None = None  # None: the base model's own input size
+    crop_pct: float | None = None  # share of the resized image kept by the centre crop; None: the base's own
+    #                                (from scratch: 1.0 for digits, 0.875 for photos)
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on AVX-512-BF16/AMX CPUs and Ampere+ GPUs, fp16 on older GPUs
@@ -80,6 +82,8 @@ class FinetuneConfig:
             problems.append(f"validation fraction must be between 0 and 1, got {self.val_fraction}")
         if self.image_size is not None and not 16 <= self.image_size <= 512:
             problems.append(f"image size must be from 16 to 512 px, got {self.image_size}")
+        if self.crop_pct is not None and not 0.5 <= self.crop_pct <= 1:
+            problems.append(f"crop fraction must be from 0.5 to 1, got {self.crop_pct}")
         if self.weight_decay < 0 or not 0 <= self.label_smoothing < 1 or not 0 <= self.warmup_fraction < 1:
             problems.append("weight decay must be >= 0, label smoothing and warm-up fraction in [0, 1)")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
@@ -175,7 +179,8 @@ def build_model(config: FinetuneConfig, dataset: ImageDataset, device: torch.dev
     if config.base.startswith("scratch:"):
         arch = config.base.split(":", 1)[1]
         size = config.image_size or (32 if dataset.kind == "digits" else 224)
-        preprocessing = Preprocessing(input_size=size, crop_pct=1.0 if dataset.kind == "digits" else 0.875)
+        crop_pct = config.crop_pct or (1.0 if dataset.kind == "digits" else 0.875)
+        preprocessing = Preprocessing(input_size=size, crop_pct=crop_pct)
         model = create(arch, num_classes=len(dataset.classes), labels=dataset.classes, preprocessing=preprocessing,
                        zero_init_residual=config.zero_init_residual)
         return model.to(device)
@@ -189,8 +194,9 @@ def build_model(config: FinetuneConfig, dataset: ImageDataset, device: torch.dev
             f"head replaced: the base's {old_classes}-class head does not match the {len(dataset.classes)} classes "
             f"of {dataset.name}, so a new one is trained from random initialisation"
         )
-    if config.image_size is not None:
-        model.info.preprocessing = dataclasses.replace(model.info.preprocessing, input_size=config.image_size)
+    changes = {k: v for k, v in (("input_size", config.image_size), ("crop_pct", config.crop_pct)) if v is not None}
+    if changes:
+        model.info.preprocessing = dataclasses.replace(model.info.preprocessing, **changes)
     return model
 
 

@@ -254,7 +254,7 @@ def base_run(saved_models, tmp_path_factory):
     with torch.no_grad():
         before = {"model": in_use(x), "predictor": predictor.logits(x)}
     dataset = read_zip(colour_zip(tmp_path_factory.mktemp("colours") / "colours.zip"))
-    config = FinetuneConfig(base=str(base), image_size=32, batch_size=16, epochs=2, lr=0.1, freeze=2,
+    config = FinetuneConfig(base=str(base), image_size=32, crop_pct=0.9, batch_size=16, epochs=2, lr=0.1, freeze=2,
                             device="cpu", precision="fp32")
     result = finetune(dataset, config)
     return dict(base=base, base_files=base_files, x=x, in_use=in_use, predictor=predictor, before=before,
@@ -266,7 +266,14 @@ def test_fine_tuning_onto_other_classes_replaces_the_head_and_says_so(base_run):
     assert model.labels == ["blue", "green", "red"] and model.fc.out_features == 3
     assert any("head replaced" in note and "10-class" in note for note in model.info.notes)
     assert model.info.base_model is None  # a local folder is no Hub repo: the card must not link to it
-    assert model.preprocessing.input_size == 32
+
+
+def test_image_size_and_crop_replace_the_bases_preprocessing_and_are_saved(base_run, tmp_path):
+    base = resnet_hub.load(base_run["base"]).preprocessing
+    assert (base.input_size, base.crop_pct) == (224, 0.875)
+    folder = base_run["result"].save(tmp_path / "colours")
+    p = resnet_hub.load(folder).preprocessing
+    assert (p.input_size, p.crop_pct) == (32, 0.9)
 
 
 def test_fine_tuning_leaves_the_base_folder_byte_identical(base_run):
@@ -304,6 +311,7 @@ def test_frozen_stages_keep_their_weights_while_later_stages_train(base_run):
         pytest.param({"freeze": 7}, "frozen stages must be from -1", id="freeze=7"),
         pytest.param({"val_fraction": 1.5}, "validation fraction must be between 0 and 1, got 1.5", id="val=1.5"),
         pytest.param({"image_size": 4}, "image size must be from 16 to 512 px, got 4", id="size=4"),
+        pytest.param({"crop_pct": 0.2}, "crop fraction must be from 0.5 to 1, got 0.2", id="crop=0.2"),
     ],
 )
 def test_nonsense_hyperparameters_are_refused_before_training(tiny_digits, change, problem):
@@ -467,3 +475,4 @@ def test_local_models_lists_the_starter_first(starter_store):
     resnet_hub.create("resnet18", num_classes=2).save_pretrained(store.models_dir() / "aaa-first-by-name")
     folder = store.build_starter("resnet18")
     assert store.local_models() == [folder, store.models_dir() / "aaa-first-by-name"]
+
