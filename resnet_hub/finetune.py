@@ -235,7 +235,9 @@ def _make_optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.Opt
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.peak_lr, momentum=config.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=config.peak_lr)
+    # The fused kernel is one pass over all parameters: on 2 CPU cores it makes AdamW ~10% faster per step for
+    # ResNet-50 at 32 px, where the per-tensor loop (the CPU default) is a quarter of the step.
+    return torch.optim.AdamW(groups, lr=config.peak_lr, fused=True)
 
 
 def lr_at(step: int, total_steps: int, config: FinetuneConfig) -> float:
