@@ -162,7 +162,8 @@ def compare(image, sketch, model_a, model_b, progress=gr.Progress()):
 def _curves(history) -> pd.DataFrame:
     rows = [{"step": e.step, "series": "train loss", "value": e.loss} for e in history if e.kind == "step"]
     rows += [{"step": e.step, "series": "train accuracy", "value": e.train_accuracy} for e in history if e.kind == "step"]
-    rows += [{"step": e.step, "series": "validation accuracy", "value": e.val_accuracy} for e in history if e.kind == "epoch"]
+    rows += [{"step": e.step, "series": "validation accuracy", "value": e.val_accuracy} for e in history
+             if e.kind == "epoch" and e.val_accuracy is not None]
     return pd.DataFrame(rows, columns=["step", "series", "value"])
 
 

@@ -116,6 +116,8 @@ def _add_finetune_parser(sub) -> None:
     p.add_argument("--crop-pct", type=float, default=None,
                    help="share of the resized image the centre crop keeps, 0.5-1 (default: the base's; "
                         "from scratch 1.0 for digits, 0.875 for photos)")
+    p.add_argument("--clean-epochs", type=int, default=d.clean_epochs, metavar="N",
+                   help="train the last N epochs on un-augmented images, as the model will see them (default: %(default)s)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held-out share, stratified (default: %(default)s)")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="(default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="split, order and initialisation seed (default: %(default)s)")
@@ -153,7 +155,7 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         base=args.base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
         freeze=args.freeze, image_size=args.image_size, crop_pct=args.crop_pct, val_fraction=args.val_fraction,
         label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, precision=args.precision,
-        time_budget_s=args.time_budget,
+        time_budget_s=args.time_budget, clean_epochs=args.clean_epochs,
     )
     limit = {}
     if args.limit_per_class is not None:

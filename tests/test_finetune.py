@@ -147,6 +147,72 @@ def test_base_model_names_the_hub_repo_behind_a_short_name():
     assert hub_repo_id("resnet50") == "timm/resnet50.a1_in1k" and hub_repo_id("org/name@v2") == "org/name"
 
 
+@pytest.mark.parametrize("clean_epochs", [0, 1, 3])
+def test_the_last_clean_epochs_train_on_unaugmented_images(tiny_digits, monkeypatch, clean_epochs):
+    kinds = []
+    real = finetune_module.augment_batch
+    monkeypatch.setattr(finetune_module, "augment_batch", lambda x, kind, g: kinds.append(kind) or real(x, kind, g))
+    finetune(tiny_digits, FinetuneConfig(**TINY, epochs=3, lr=0.1, clean_epochs=clean_epochs))
+    steps = len(kinds) // 3
+    assert kinds == ["digits"] * steps * (3 - clean_epochs) + ["none"] * steps * clean_epochs
+
+
+def test_without_validation_every_epoch_the_run_validates_once_at_the_end(tiny_digits):
+    recorder = Recorder()
+    result = finetune(tiny_digits, FinetuneConfig(**TINY, epochs=2, lr=0.1, val_every_epoch=False), on_event=recorder)
+    epochs = [e for e in recorder.events if e.kind == "epoch"]
+    assert [e.val_accuracy for e in epochs] == [None, None]
+    assert [e.message for e in epochs] == ["epoch 1 of 2 done", "epoch 2 of 2 done"]
+    assert 0 <= result.val_accuracy <= 1 and recorder.events[-1].val_accuracy == result.val_accuracy
+    assert np.array(result.confusion_matrix).sum() == len(stratified_split(tiny_digits, 0.2, 0)[1])
+
+
+# --- convolutions as matrix products, for training on CPU ----------------------------------------
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "size"),
+    [(1, 1, 0, 1), (1, 1, 0, 5), (1, 2, 0, 2), (1, 2, 0, 5), (3, 1, 1, 1), (3, 2, 1, 2), (3, 2, 1, 3), (3, 1, 1, 4),
+     (7, 2, 3, 2), (7, 2, 3, 6)],
+)
+def test_a_convolution_as_a_matrix_product_gives_the_convolutions_values_and_gradients(
+        kernel, stride, padding, size, memory_format):
+    from resnet_hub.finetune import _ConvAsMatmul
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, kernel, stride=stride, padding=padding, bias=True).double()
+    fast = _ConvAsMatmul(6, 5, kernel, stride=stride, padding=padding, bias=True).double()
+    fast.load_state_dict(conv.state_dict())
+    conv, fast = conv.to(memory_format=memory_format), fast.to(memory_format=memory_format)
+    x = torch.randn(3, 6, size, size + 1, dtype=torch.double).contiguous(memory_format=memory_format).requires_grad_()
+    expected, got = conv(x), fast(x)
+    torch.testing.assert_close(got, expected)
+    grad = torch.randn_like(expected)
+    wanted = torch.autograd.grad(expected, [x, conv.weight, conv.bias], grad)
+    for a, b in zip(torch.autograd.grad(got, [x, fast.weight, fast.bias], grad), wanted):
+        torch.testing.assert_close(a, b)
+
+
+def test_on_cpu_training_swaps_the_convolutions_and_returns_plain_ones_with_the_trained_weights(tiny_digits, monkeypatch):
+    from resnet_hub.finetune import _ConvAsMatmul
+
+    seen, before = [], {}
+    real = finetune_module._train_step
+
+    def spy(net, *args):
+        seen.append({type(m) for m in net.modules() if isinstance(m, torch.nn.Conv2d)})
+        before.setdefault("weights", {k: v.clone() for k, v in net.state_dict().items() if k.endswith("conv2.weight")})
+        return real(net, *args)
+
+    monkeypatch.setattr(finetune_module, "_train_step", spy)
+    result = finetune(tiny_digits, FinetuneConfig(**TINY, epochs=1, lr=0.1))
+    assert seen and all(kinds == {_ConvAsMatmul} for kinds in seen)
+    assert {type(m) for m in result.model.modules() if isinstance(m, torch.nn.Conv2d)} == {torch.nn.Conv2d}
+    after = result.model.state_dict()
+    assert all(not torch.equal(after[k], v) for k, v in before["weights"].items())  # they hold the trained weights
+
+
 # --- stopping ------------------------------------------------------------------------------------
 
 
@@ -312,6 +378,8 @@ def test_frozen_stages_keep_their_weights_while_later_stages_train(base_run):
         pytest.param({"val_fraction": 1.5}, "validation fraction must be between 0 and 1, got 1.5", id="val=1.5"),
         pytest.param({"image_size": 4}, "image size must be from 16 to 512 px, got 4", id="size=4"),
         pytest.param({"crop_pct": 0.2}, "crop fraction must be from 0.5 to 1, got 0.2", id="crop=0.2"),
+        pytest.param({"clean_epochs": 3}, r"clean epochs must be from 0 to the number of epochs \(1\), got 3", id="clean>epochs"),
+        pytest.param({"clean_epochs": -1}, r"clean epochs must be from 0 to the number of epochs \(1\), got -1", id="clean=-1"),
     ],
 )
 def test_nonsense_hyperparameters_are_refused_before_training(tiny_digits, change, problem):
