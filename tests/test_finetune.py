@@ -27,6 +27,8 @@ from resnet_hub.data import mnist_sample, read_zip, stratified_split
 from resnet_hub.finetune import FinetuneConfig, FinetuneError, finetune, lr_at
 from resnet_hub.predict import Predictor
 
+from .conftest import needs_gpu
+
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "hf_" + "t0k3n" * 6
 TINY = dict(base="scratch:resnet18", image_size=32, batch_size=32, device="cpu", precision="fp32")
@@ -301,6 +303,49 @@ def test_the_confusion_matrix_counts_each_validation_image_once(digits_run):
     assert matrix.shape == (10, 10) and matrix.sum() == len(val)
     assert matrix.sum(1).tolist() == np.bincount([dataset.targets[i] for i in val], minlength=10).tolist()
     assert np.trace(matrix) / len(val) == pytest.approx(result.val_accuracy)
+
+
+# --- on a GPU ------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_on_cuda_a_run_trains_under_autocast_and_saves_weights_that_load_on_the_cpu(precision, tmp_path):
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    dataset = mnist_sample(limit_per_class=40)
+    recorder = Recorder()
+    config = FinetuneConfig(**{**TINY, "device": "cuda", "precision": precision}, epochs=3, lr=0.1, seed=0)
+    result = finetune(dataset, config, on_event=recorder)
+    assert f"on {torch.cuda.get_device_name()}, {precision}" in recorder.events[0].message  # no fp32 fallback
+    assert next(result.model.parameters()).is_cuda
+    assert all(math.isfinite(e.loss) for e in recorder.steps())  # fp16: the gradient scaler keeps the loss finite
+    assert result.val_accuracy > 0.5
+    folder = result.save(tmp_path / "digits")
+    on_cpu = resnet_hub.load(folder, device="cpu")
+    assert on_cpu.labels == dataset.classes
+    _, val = stratified_split(dataset, config.val_fraction, config.seed)
+    x = Predictor(folder, device="cpu", precision="fp32").preprocess([dataset.images[i] for i in val[::4]])
+    with torch.no_grad():
+        gpu = result.model.eval()(x.cuda()).argmax(1).cpu()
+        cpu = on_cpu.eval()(x).argmax(1)
+    assert (gpu == cpu).float().mean() > 0.95  # fp32 both sides: only summation order differs
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (NCCL runs one process per GPU)")
+def test_torchrun_on_two_gpus_uses_nccl_and_keeps_the_single_process_schedule(tmp_path, capsys):
+    cli = [a if a != "cpu" else "cuda" for a in CLI_TINY]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "-m", "resnet_hub", "finetune", *cli, "--json", "--out", str(tmp_path / "ddp")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["finetune", *cli, "--json", "--out", str(tmp_path / "single")]) == 0
+    single, ddp = json.loads(capsys.readouterr().out), json.loads(done.stdout)
+    assert ddp["steps"] == single["steps"] == 5
+    assert ddp["lr_schedule"] == pytest.approx(single["lr_schedule"])
 
 
 # --- fine-tuning a saved model -------------------------------------------------------------------
