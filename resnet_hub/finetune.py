@@ -13,8 +13,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,12 +182,19 @@ def build_model(config: FinetuneConfig, dataset: ImageDataset, device: torch.dev
     """The base model with a new head for the dataset's classes (the base itself is never modified)."""
     if config.base.startswith("scratch:"):
         arch = config.base.split(":", 1)[1]
-        size = config.image_size or (32 if dataset.kind == "digits" else 224)
-        crop_pct = config.crop_pct or (1.0 if dataset.kind == "digits" else 0.875)
-        preprocessing = Preprocessing(input_size=size, crop_pct=crop_pct)
+        digits = dataset.kind == "digits"
+        preprocessing = Preprocessing(input_size=32 if digits else 224, crop_pct=1.0 if digits else 0.875)
         model = create(arch, num_classes=len(dataset.classes), labels=dataset.classes, preprocessing=preprocessing,
-                       zero_init_residual=config.zero_init_residual)
-        return model.to(device)
+                       zero_init_residual=config.zero_init_residual).to(device)
+    else:
+        model = _load_base(config, dataset, device)
+    changes = {k: v for k, v in (("input_size", config.image_size), ("crop_pct", config.crop_pct)) if v is not None}
+    if changes:
+        model.info.preprocessing = dataclasses.replace(model.info.preprocessing, **changes)
+    return model
+
+
+def _load_base(config: FinetuneConfig, dataset: ImageDataset, device: torch.device) -> HubResNet:
     model = load(config.base, device=device)  # a fresh copy: models serving elsewhere are never touched
     # Hub metadata links base_model to huggingface.co: only a repo id belongs there, not a local path.
     model.info.base_model = hub_repo_id(config.base)
@@ -199,9 +205,6 @@ def build_model(config: FinetuneConfig, dataset: ImageDataset, device: torch.dev
             f"head replaced: the base's {old_classes}-class head does not match the {len(dataset.classes)} classes "
             f"of {dataset.name}, so a new one is trained from random initialisation"
         )
-    changes = {k: v for k, v in (("input_size", config.image_size), ("crop_pct", config.crop_pct)) if v is not None}
-    if changes:
-        model.info.preprocessing = dataclasses.replace(model.info.preprocessing, **changes)
     return model
 
 
@@ -258,23 +261,24 @@ class _ConvAsMatmul(nn.Conv2d):
         return super().forward(x)
 
 
-@contextmanager
-def _train_convs_as_matmuls(model: nn.Module, enabled: bool) -> Iterator[None]:
-    """Swap the convolutions for :class:`_ConvAsMatmul` ones sharing their parameters, for the run only: the
-    model that is returned and saved holds ``nn.Conv2d`` modules, as inference and int8 quantization expect."""
+def _train_convs_as_matmuls(model: nn.Module) -> Callable[[], None]:
+    """Swap the convolutions for :class:`_ConvAsMatmul` ones sharing their parameters; returns the undo. The run
+    undoes it after its last step, so the model it returns and saves holds ``nn.Conv2d`` modules, as inference and
+    int8 quantization expect. (A run that fails returns no model: its private copy needs no undo.)"""
     plain = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
              if type(child) is nn.Conv2d and child.groups == 1 and child.dilation == (1, 1)
-             and child.padding_mode == "zeros" and isinstance(child.padding, tuple)] if enabled else []
+             and child.padding_mode == "zeros" and isinstance(child.padding, tuple)]
     for parent, name, conv in plain:
         fast = _ConvAsMatmul(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                              padding=conv.padding, bias=False, device="meta")
         fast.weight, fast.bias = conv.weight, conv.bias
         setattr(parent, name, fast.train(conv.training))
-    try:
-        yield
-    finally:
+
+    def undo() -> None:
         for parent, name, conv in plain:
             setattr(parent, name, conv)
+
+    return undo
 
 
 def _make_optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
@@ -376,56 +380,57 @@ def finetune(
     x_train, y_train, x_val, y_val = _data_on_device(dataset, model.preprocessing, train_idx, val_idx, device)
     augment = config.augment if config.augment != "auto" else dataset.kind
     model = model.to(memory_format=torch.channels_last).train()
-    # Saved and returned models keep plain Conv2d modules: the swap lasts for the training steps only.
-    with _train_convs_as_matmuls(model, enabled=device.type == "cpu"):
-        net: nn.Module = model
-        if world.size > 1:
-            net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        optimizer = _make_optimizer(model, config)
-        autocast = _autocast_args(device, precision)
-        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        generator = torch.Generator().manual_seed(config.seed + world.rank)
+    # On CPU the convolutions train as matrix products until undo_convs(), after the last step.
+    undo_convs = _train_convs_as_matmuls(model) if device.type == "cpu" else (lambda: None)
+    net: nn.Module = model
+    if world.size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = _make_optimizer(model, config)
+    autocast = _autocast_args(device, precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    generator = torch.Generator().manual_seed(config.seed + world.rank)
 
-        steps_per_epoch = _steps_per_epoch(len(train_idx), config.batch_size, world)
-        total_steps = steps_per_epoch * config.epochs
-        local_batch = config.batch_size // world.size
-        history: list[Event] = []
+    steps_per_epoch = _steps_per_epoch(len(train_idx), config.batch_size, world)
+    total_steps = steps_per_epoch * config.epochs
+    local_batch = config.batch_size // world.size
+    history: list[Event] = []
 
-        def report(event: Event) -> None:
-            history.append(event)
-            emit(event)
+    def report(event: Event) -> None:
+        history.append(event)
+        emit(event)
 
-        notes = [n for n in (precision_note, *model.info.notes) if n]
-        report(Event("start", 0, total_steps, 0, config.epochs, message=_start_message(dataset, model, device, precision, world, notes)))
-        start = time.perf_counter()
-        step, seen, stopped_reason = 0, 0, ""
-        val_acc = None
-        for epoch in range(config.epochs):
-            order = _epoch_indices(len(train_idx), epoch, config, world).to(device)
-            for i in range(steps_per_epoch):
-                stopped_reason = _should_stop(stop, config, start, world, device)
-                if stopped_reason:
-                    break
-                batch = order[i * local_batch : (i + 1) * local_batch]
-                lr = lr_at(step, total_steps, config)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                warp = "none" if epoch >= config.epochs - config.clean_epochs else augment
-                loss, correct = _train_step(net, optimizer, scaler, x_train[batch], y_train[batch], warp, generator, autocast, config)
-                step += 1
-                seen += len(batch) * world.size
-                elapsed = time.perf_counter() - start
-                report(Event("step", step, total_steps, epoch, config.epochs, loss=loss, train_accuracy=correct / len(batch), lr=lr,
-                             images_per_s=seen / elapsed, eta_s=elapsed / step * (total_steps - step),
-                             images=seen, elapsed_s=elapsed))
+    notes = [n for n in (precision_note, *model.info.notes) if n]
+    report(Event("start", 0, total_steps, 0, config.epochs, message=_start_message(dataset, model, device, precision, world, notes)))
+    start = time.perf_counter()
+    step, seen, stopped_reason = 0, 0, ""
+    val_acc = None
+    for epoch in range(config.epochs):
+        order = _epoch_indices(len(train_idx), epoch, config, world).to(device)
+        for i in range(steps_per_epoch):
+            stopped_reason = _should_stop(stop, config, start, world, device)
             if stopped_reason:
                 break
-            message = f"epoch {epoch + 1} of {config.epochs} done"
-            if config.val_every_epoch:
-                val_acc, _ = evaluate(model, x_val, y_val, autocast)
-                message = f"epoch {epoch + 1}: validation accuracy {val_acc:.2%}"
-            report(Event("epoch", step, total_steps, epoch + 1, config.epochs, loss=history[-1].loss, val_accuracy=val_acc, lr=lr,
-                         images_per_s=seen / (time.perf_counter() - start), message=message))
+            batch = order[i * local_batch : (i + 1) * local_batch]
+            lr = lr_at(step, total_steps, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            warp = "none" if epoch >= config.epochs - config.clean_epochs else augment
+            loss, correct = _train_step(net, optimizer, scaler, x_train[batch], y_train[batch], warp, generator, autocast, config)
+            step += 1
+            seen += len(batch) * world.size
+            elapsed = time.perf_counter() - start
+            report(Event("step", step, total_steps, epoch, config.epochs, loss=loss, train_accuracy=correct / len(batch), lr=lr,
+                         images_per_s=seen / elapsed, eta_s=elapsed / step * (total_steps - step),
+                         images=seen, elapsed_s=elapsed))
+        if stopped_reason:
+            break
+        message = f"epoch {epoch + 1} of {config.epochs} done"
+        if config.val_every_epoch:
+            val_acc, _ = evaluate(model, x_val, y_val, autocast)
+            message = f"epoch {epoch + 1}: validation accuracy {val_acc:.2%}"
+        report(Event("epoch", step, total_steps, epoch + 1, config.epochs, loss=history[-1].loss, val_accuracy=val_acc, lr=lr,
+                     images_per_s=seen / (time.perf_counter() - start), message=message))
+    undo_convs()
     synchronize(device)
     seconds = time.perf_counter() - start
     speed = seen / seconds if seconds > 0 else None
