@@ -337,10 +337,7 @@ def test_on_cuda_a_run_trains_under_autocast_and_saves_weights_that_load_on_the_
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (NCCL runs one process per GPU)")
 def test_torchrun_on_two_gpus_uses_nccl_and_keeps_the_single_process_schedule(tmp_path, capsys):
     cli = [a if a != "cpu" else "cuda" for a in CLI_TINY]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               "-m", "resnet_hub", "finetune", *cli, "--json", "--out", str(tmp_path / "ddp")]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = torchrun_finetune(cli, tmp_path / "ddp")
     assert done.returncode == 0, done.stderr[-3000:]
     assert main(["finetune", *cli, "--json", "--out", str(tmp_path / "single")]) == 0
     single, ddp = json.loads(capsys.readouterr().out), json.loads(done.stdout)
@@ -519,15 +516,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_finetune(cli: list[str], out: Path, **env: str) -> subprocess.CompletedProcess:
+    """`python -m resnet_hub finetune CLI --json --out OUT` as two processes under torchrun."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "-m", "resnet_hub", "finetune", *cli, "--json", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     """The tiny CLI run as two processes under torchrun (gloo on CPU)."""
     where = tmp_path_factory.mktemp("ddp")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               "-m", "resnet_hub", "finetune", *CLI_TINY, "--json", "--out", str(where / "out")]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    return where, done
+    return where, torchrun_finetune(CLI_TINY, where / "out", OMP_NUM_THREADS="1")
 
 
 def test_torchrun_with_two_processes_completes_and_prints_one_json_document(ddp_run):
