@@ -94,7 +94,8 @@ class ModelRegistry:
             f"({', '.join(DEFAULT_SOURCES.values())} are neither on the Hub nor in the local cache). "
             "ResNet-18 and ResNet-50 are the *starter digit classifiers* instead, trained here on 5,000 "
             "real MNIST digits: draw a digit, or fine-tune your own model. "
-            "They are built on first use (one to two minutes each on two CPU cores) and then kept."
+            "They are built on first use (about half a minute for ResNet-18, under two minutes for ResNet-50 on two "
+            "CPU cores) and then kept."
         )
 
     def default_source(self, arch: str) -> str:
