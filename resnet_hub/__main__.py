@@ -21,7 +21,9 @@ EXIT_STOPPED = 3
 def _add_common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
     if model:
         p.add_argument("--model", default="resnet50",
-                       help="short name (resnet18, resnet50), Hub repo id (org/name[@rev]) or local folder (default: %(default)s)")
+                       help="short name (resnet18, resnet50; offline: the starter digit models), a model in the local store "
+                            "(e.g. starter-resnet50-mnist, or a name you fine-tuned in the app), Hub repo id "
+                            "(org/name[@rev]) or local folder (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
                    help="auto picks bf16 where the hardware runs it fast, else fp32; int8 (CPU) quantizes "
@@ -45,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="one image through several models, with timings",
                        description="Top-k of each model side by side, whether top-1 agrees, and timings.")
     p.add_argument("image", metavar="IMAGE")
-    p.add_argument("--models", nargs="+", default=["resnet18", "resnet50"], help="models to compare (default: %(default)s)")
+    p.add_argument("--models", nargs="+", default=["resnet18", "resnet50"],
+                   help="models to compare: anything --model of classify accepts (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=None,
                    help="labels per model (default: 5, or every class if a model has fewer)")
     p.add_argument("--runs", type=int, default=10, help="timed runs per model after warm-up (default: %(default)s)")
@@ -90,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_finetune_parser(sub) -> None:
-    from .finetune import FinetuneConfig
+    from .finetune_config import FinetuneConfig
 
     d = FinetuneConfig()
     p = sub.add_parser(
@@ -194,6 +197,28 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
     return summary
 
 
+class _StarterBar:
+    """Draws a starter model's training progress (StarterBuild) as a tqdm bar."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, build) -> None:
+        if not self.enabled or not build.total_steps:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=build.total_steps, unit="step", desc=f"training the {build.arch} starter",
+                            dynamic_ncols=True)
+        self.bar.update(build.step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class _ProgressBar:
     """Draws fine-tune events as a tqdm bar (on the main process only)."""
 
@@ -240,26 +265,57 @@ def _starter(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _classify(args: argparse.Namespace) -> dict[str, Any]:
-    from .predict import Predictor
+def _registry(args: argparse.Namespace, choices: Sequence[str]):
+    """The app's own model registry, so the CLI accepts what the app's choosers accept, plus local folders.
 
-    predictor = Predictor(args.model, args.device, args.precision, compile=args.compile)
+    Short names fall back to the starter digit models offline, saying so (and training them
+    first, with a progress bar, if this machine has none yet).
+    """
+    from .service import ModelRegistry
+
+    registry = ModelRegistry(args.device, args.precision, check_hub=False, compile=args.compile, allow_paths=True)
+    for choice in dict.fromkeys(choices):
+        note = registry.starter_note(choice)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+            bar = _StarterBar(enabled=not args.json)
+            registry.starters.wait(choice.strip(), bar)
+            bar.close()
+    return registry
+
+
+def _decode_images(paths: Sequence[str]) -> list:
+    """Every image decoded (a missing or bad file named) before any model is loaded or trained."""
+    from .images import decode_batch
+
+    return decode_batch(list(paths))
+
+
+def _classify(args: argparse.Namespace) -> dict[str, Any]:
+    pictures = _decode_images(args.images)
+    registry = _registry(args, [args.model])
+    results, notes = {}, []
+    predictor = registry.predictor(args.model)
+    predictor._check_top_k(args.top_k)  # the app clamps its slider; a typed --top-k above the classes is refused
     _print_notes(predictor.notes, args)
-    results = {}
-    for path in args.images:
-        prediction = predictor.classify(path, top_k=args.top_k)
-        results[path] = prediction.as_dict()
+    for path, picture in zip(args.images, pictures):
+        answer = registry.classify(picture, args.model, args.top_k, heatmap=False, image_name=path)
+        results[path] = answer.prediction.as_dict()
+        if answer.note:
+            notes.append(f"{path}: {answer.note}")
+            print(f"note: {path}: {answer.note}", file=sys.stderr)
         if not args.json:
             print(f"{path}:")
-            for label, p in prediction.as_dict().items():
+            for label, p in answer.prediction.as_dict().items():
                 print(f"  {p:7.2%}  {label}")
-    return {"model": predictor.name, "device": str(predictor.device), "precision": predictor.precision, "results": results}
+    return {"model": predictor.name, "device": str(predictor.device), "precision": predictor.precision,
+            "results": results, "notes": notes}
 
 
 def _compare(args: argparse.Namespace) -> dict[str, Any]:
-    from .predict import compare
-
-    result = compare(args.image, args.models, top_k=args.top_k, runs=args.runs, device=args.device, precision=args.precision)
+    (picture,) = _decode_images([args.image])
+    registry = _registry(args, args.models)
+    result = registry.compare(picture, args.models, args.top_k, runs=args.runs, image_name=args.image)
     _print_notes(result.notes, args)
     if not args.json:
         for name, prediction in result.predictions.items():

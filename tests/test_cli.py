@@ -176,7 +176,7 @@ BAD_INPUT = {
     "not-an-image": (lambda f, i, t: ["classify", i["page.jpg"], "--model", f["resnet18"]],
                      "(page.jpg) (text: HTML, XML or SVG) is not an image"),
     "unknown-model": (lambda f, i, t: ["classify", i["chelsea.png"], "--model", "no-such-model"],
-                      "'no-such-model' is not a Hub repo id"),
+                      "'no-such-model' is not a model: give a short name"),
     "missing-model-folder": (lambda f, i, t: ["classify", i["chelsea.png"], "--model", t / "no-model"],
                              "does not exist"),
     "top-k-0": (lambda f, i, t: ["classify", i["chelsea.png"], "--model", f["resnet18"], "--top-k", "0"],
@@ -188,7 +188,7 @@ BAD_INPUT = {
     "compare-missing-image": (lambda f, i, t: ["compare", t / "missing.jpg", "--models", f["resnet18"]],
                               "image 1 of 1 (missing.jpg): no such file"),
     "compare-runs-0": (lambda f, i, t: ["compare", i["chelsea.png"], "--models", f["resnet18"], "--runs", "0"],
-                       "runs must be whole numbers of at least 1"),
+                       "runs must be a whole number of at least 1"),
     "finetune-out-exists": (lambda f, i, t: ["finetune", "--data", "mnist-sample", "--out", t],
                             "already exists: choose another folder or add --overwrite"),
 }
@@ -245,3 +245,63 @@ def test_argparse_errors_exit_2_with_usage_on_stderr(argv, capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert err.startswith("usage: python -m resnet_hub") and "error:" in err
+
+
+# --- the same names as the app's choosers ---------------------------------------------------------
+
+
+@pytest.fixture
+def store_home(tmp_path, monkeypatch, folders) -> Path:
+    """A model store holding 'run-one' (a model fine-tuned in the app) and both starters (tiny)."""
+    import shutil
+
+    from resnet_hub import store
+
+    monkeypatch.setenv("RESNET_HUB_HOME", str(tmp_path / "home"))
+    for name, arch in (("run-one", "resnet18"), ("starter-resnet18-mnist", "resnet18"),
+                       ("starter-resnet50-mnist", "resnet50")):
+        shutil.copytree(folders[arch], store.model_folder(name))
+    return tmp_path / "home"
+
+
+@pytest.mark.parametrize("name", ["run-one", "local:run-one", "starter-resnet50-mnist"])
+def test_classify_accepts_a_store_name_as_the_app_does(store_home, images, capsys, name):
+    code, out, err = run_in_process(capsys, "classify", images["chelsea.png"], "--model", name, "--json")
+    assert code == 0, err
+    assert list(json.loads(out)["results"]) == [str(images["chelsea.png"])]
+
+
+def test_offline_a_short_name_serves_the_starter_and_says_so(store_home, hub_cache, images, capsys):
+    code, out, err = run_in_process(capsys, "classify", images["chelsea.png"], "--model", "resnet50", "--json")
+    assert code == 0, err
+    assert "note: offline: timm/resnet50.a1_in1k is neither on the Hub nor in the local cache" in err
+    assert "starter-resnet50-mnist" in err
+    assert json.loads(out)["model"] == "ResNet-50 (starter digits)"
+
+
+def test_compare_accepts_store_names(store_home, images, capsys):
+    code, out, err = run_in_process(capsys, "compare", images["chelsea.png"], "--models", "run-one",
+                                    "starter-resnet50-mnist", "--runs", "2", "--json")
+    assert code == 0, err
+    assert set(json.loads(out)["predictions"]) == {"run-one", "starter-resnet50-mnist"}
+
+
+def test_a_missing_image_is_named_before_the_default_model_is_looked_for(hub_cache, tmp_path, capsys):
+    code, _, err = run_in_process(capsys, "classify", tmp_path / "missing.jpg")  # default --model resnet50, offline
+    assert code == 2
+    assert err.startswith("error: image 1 of 1 (missing.jpg): no such file") and len(err.splitlines()) == 1
+
+
+def test_help_does_not_import_torch():
+    """`--help` starts in well under a second because the heavy libraries load only when a command runs."""
+    probe = ("import runpy, sys\n"
+             "sys.argv = ['resnet_hub', '--help']\n"
+             "try:\n    runpy.run_module('resnet_hub', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "heavy = sorted(m for m in ('torch', 'torchvision', 'gradio', 'huggingface_hub', 'numpy') if m in sys.modules)\n"
+             "print('heavy:', heavy)\n")
+    for argv in ([], ["finetune"], ["classify"]):
+        result = subprocess.run([sys.executable, "-c", probe.replace("'--help'", ", ".join(map(repr, argv + ["--help"])))],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().endswith("heavy: []"), (argv, result.stdout[-300:])
