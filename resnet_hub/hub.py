@@ -134,3 +134,18 @@ def hub_repo_id(source: str | os.PathLike) -> str | None:
         return parse_repo_id(DEFAULT_SOURCES.get(text, text))[0]
     except SourceError:
         return None
+
+
+def source_label(source: str | os.PathLike) -> str:
+    """How a card or a page names a weights source: a Hub id (or ``scratch:ARCH``) as given,
+    a local folder by its own name only, never by its path on this machine.
+
+    >>> source_label("/srv/store/models/starter-resnet18-mnist")
+    'starter-resnet18-mnist'
+    >>> source_label("timm/resnet50.a1_in1k@main")
+    'timm/resnet50.a1_in1k@main'
+    """
+    text = str(source).strip()
+    if text.startswith("scratch:") or hub_repo_id(text) is not None:
+        return DEFAULT_SOURCES.get(text, text)
+    return Path(text).expanduser().name or text

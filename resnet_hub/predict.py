@@ -28,7 +28,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .errors import ResNetHubError
 from .hardware import DTYPES, device_name, resolve_device, resolve_precision, synchronize
-from .images import decode_batch, eval_transform, load_image, resize_and_crop, to_tensor_batch
+from .images import center_digit, decode_batch, eval_transform, load_image, resize_and_crop, to_tensor_batch
 from .model import STAGES, Bottleneck, ResNet
 from .weights import HubResNet, load
 
@@ -67,11 +67,12 @@ class Timing:
     device: str
     precision: str
     batch_size: int
-    first_call_ms: float
+    first_call_ms: float  # the first forward pass at this batch size since the model was loaded: cold caches
     median_ms: float
     p90_ms: float
     runs: int
     compiled: bool = False
+    p10_ms: float | None = None
 
     @property
     def images_per_s(self) -> float:
@@ -231,10 +232,23 @@ class Predictor:
 
     # -- core -------------------------------------------------------------
 
+    @property
+    def kind(self) -> str:
+        """What the model was trained on: "digits" (MNIST-style) or "photo"."""
+        return self.model.info.training.get("kind", "photo")
+
+    def layout(self, pictures: list[Image.Image]) -> list[Image.Image]:
+        """Decoded images laid out as the model's training images were: a digit model sees each
+        image centred and scaled the MNIST way (:func:`center_digit`); a photo model, the image as is.
+
+        The one place this happens, so the app, the CLI, compare and grad-CAM all agree.
+        """
+        return [center_digit(p) for p in pictures] if self.kind == "digits" else list(pictures)
+
     def preprocess(self, images: Any) -> Tensor:
-        """Decode and preprocess one image or a sequence into a (B, C, H, W) float batch."""
+        """Decode, lay out and preprocess one image or a sequence into a (B, C, H, W) float batch."""
         batch = _as_list(images)
-        return to_tensor_batch(decode_batch(batch), self.model.preprocessing)
+        return to_tensor_batch(self.layout(decode_batch(batch)), self.model.preprocessing)
 
     def logits(self, batch: Tensor) -> Tensor:
         """(B, C, H, W) preprocessed fp32 batch -> (B, num_classes) fp32 logits."""
@@ -294,12 +308,15 @@ class Predictor:
         x = images[:batch_size]
         for _ in range(max(warmup, 1)):  # the first of these is the first call, if none was made yet
             self.logits(x)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            self.logits(x)
-            synchronize(self.device)
-            times.append((time.perf_counter() - start) * 1000)
+        return self._timing(batch_size, [self._timed_run(x) for _ in range(runs)])
+
+    def _timed_run(self, x: Tensor) -> float:
+        start = time.perf_counter()
+        self.logits(x)
+        synchronize(self.device)
+        return (time.perf_counter() - start) * 1000
+
+    def _timing(self, batch_size: int, times: list[float]) -> Timing:
         return Timing(
             model=self.name,
             device=device_name(self.device),
@@ -308,8 +325,9 @@ class Predictor:
             first_call_ms=self._first_call_ms[batch_size],
             median_ms=statistics.median(times),
             p90_ms=_percentile(times, 90),
-            runs=runs,
+            runs=len(times),
             compiled=self.compiled,
+            p10_ms=_percentile(times, 10),
         )
 
     # -- explanation ------------------------------------------------------
@@ -325,7 +343,7 @@ class Predictor:
             raise PredictorError(f"class_id must be a whole number from 0 to {self.num_classes - 1}, got {class_id!r}")
         if self._cam is None:
             self._cam = _GradCAM(self.model, self.device)
-        picture = load_image(image)
+        picture = self.layout([load_image(image)])[0]
         x = self._transform(picture).unsqueeze(0)
         heat, class_id = self._cam(x, None if class_id is None else int(class_id))
         crop = resize_and_crop(self.model.preprocessing)(picture)
@@ -401,9 +419,11 @@ class Comparison:
                 "model": name,
                 "top-1": self.predictions[name].top1,
                 "confidence": round(self.predictions[name].probabilities[0], 4),
-                "first call (ms)": round(t.first_call_ms, 1),
+                "first call after load (ms)": round(t.first_call_ms, 1),
+                "p10 (ms)": round(t.p10_ms, 2),
                 "median (ms)": round(t.median_ms, 2),
                 "p90 (ms)": round(t.p90_ms, 2),
+                "runs": t.runs,
                 "images/s": round(t.images_per_s, 1),
                 "parameters (M)": round(self.parameters[name] / 1e6, 2),
                 "GMACs": round(self.gmacs[name], 2),
@@ -420,22 +440,36 @@ def compare(
     *,
     top_k: int | None = None,
     runs: int = 10,
+    warmup: int = 3,
     device: str = "auto",
     precision: str = "auto",
 ) -> Comparison:
     """Run one image through several models: top-k side by side, timings, size and cost.
+
+    Timings are batch-1 forward passes of the preprocessed image, ``warmup`` untimed
+    runs each first, then ``runs`` timed runs of every model in turn (interleaved).
 
     >>> result = compare("cat.jpg")                      # doctest: +SKIP
     >>> result.agree, result.timings["resnet18"].median_ms   # doctest: +SKIP
     (True, 9.8)
     """
     predictors = [m if isinstance(m, Predictor) else Predictor(m, device, precision) for m in models]
+    if not _is_whole(runs) or runs < 1:
+        raise PredictorError(f"runs must be a whole number of at least 1, got {runs!r}")
     names = _unique_names([p.name for p in predictors])
-    predictions, timings = {}, {}
-    for name, predictor in zip(names, predictors):
-        batch = predictor.preprocess(image)  # once per model: each has its own preprocessing
-        predictions[name] = predictor.top_k(predictor.logits(batch), predictor._check_top_k(top_k))[0]
-        timings[name] = predictor.time(batch_size=1, runs=runs, warmup=2, images=batch)
+    batches = [p.preprocess(image) for p in predictors]  # once per model: each has its own preprocessing
+    predictions = {name: p.top_k(p.logits(batch), p._check_top_k(top_k))[0]
+                   for name, p, batch in zip(names, predictors, batches)}
+    for p, batch in zip(predictors, batches):
+        for _ in range(warmup):
+            p.logits(batch)
+    # Interleaved, A B A B ...: a change in the machine's load or clock lands on every model alike,
+    # so the two columns stay comparable from one rerun to the next.
+    times: list[list[float]] = [[] for _ in predictors]
+    for _ in range(runs):
+        for i, (p, batch) in enumerate(zip(predictors, batches)):
+            times[i].append(p._timed_run(batch))
+    timings = {name: p._timing(1, t) for name, p, t in zip(names, predictors, times)}
     return Comparison(
         predictions=predictions,
         timings=timings,

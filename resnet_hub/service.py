@@ -8,6 +8,9 @@ and streams its events; training always works on its own copy of the weights.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import json
 import logging
 import queue
 import re
@@ -16,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from PIL import Image
 from .data import ImageDataset, mnist_sample, read_zip, stratified_split
 from .errors import ResNetHubError, SourceError, WeightsNotFoundError
 from .finetune import Event, FinetuneConfig, FinetuneResult, finetune
-from .images import center_digit, load_image
+from .images import load_image, looks_like_photo
 from .predict import Comparison, Prediction, Predictor, compare
 from .store import STARTER_ARCHS, build_starter, is_model_folder, local_models, model_folder, starter_folder
 from .hub import DEFAULT_SOURCES, resolve
@@ -37,6 +40,10 @@ DISPLAY = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}
 STORE_PREFIX = "local:"
 # What a visitor may type as a model: a Hub repo id (org/name, optionally @revision), never a server path.
 _TYPED_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w.-]+)?$")
+_STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+PHOTO_TO_DIGITS = "This looks like a photo, not a digit"
+COMPARE_RUNS = 30  # timed batch-1 runs per model, interleaved, after warm-up
+_UNCHECKED = object()
 
 
 class ServiceError(ResNetHubError, ValueError):
@@ -52,6 +59,124 @@ class Classification:
     note: str = ""
 
 
+@dataclass
+class StarterBuild:
+    """One offline starter model: queued, building (with progress) or ready, as measured here."""
+
+    arch: str
+    state: str = "queued"  # "queued", "building", "ready", "failed"
+    step: int = 0
+    total_steps: int = 0
+    eta_s: float | None = None
+    seconds: float | None = None  # how long its training took on this machine
+    accuracy: float | None = None  # held-out accuracy
+    error: str | None = None
+    done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total_steps if self.total_steps else 0.0
+
+    def describe(self) -> str:
+        name = f"{DISPLAY[self.arch]} starter"
+        if self.state == "ready":
+            measured = f"trained on this machine in {self.seconds:.0f} s" if self.seconds is not None else "stored"
+            accuracy = f", {self.accuracy:.1%} held-out accuracy" if self.accuracy is not None else ""
+            return f"{name}: ready ({measured}{accuracy})"
+        if self.state == "building":
+            left = f", about {self.eta_s:.0f} s left (measured on this machine as it trains)" if self.eta_s else ""
+            return f"{name}: training now, {self.fraction:.0%}{left}"
+        if self.state == "failed":
+            return f"{name}: could not be built ({self.error})"
+        return f"{name}: waits its turn to train"
+
+
+class StarterBuilds:
+    """The offline starters, trained one after the other in one background thread.
+
+    The app starts it at launch, so that the first click rarely waits; a request for a
+    starter that is not ready yet waits for it and watches its progress.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._first: str | None = None
+        self.builds = {arch: self._from_store(arch) for arch in STARTER_ARCHS}
+
+    @staticmethod
+    def _from_store(arch: str) -> StarterBuild:
+        build = StarterBuild(arch)
+        folder = starter_folder(arch)
+        if is_model_folder(folder):
+            try:
+                config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+                build.seconds = (config.get("training") or {}).get("seconds")
+                build.accuracy = (config.get("metrics") or {}).get("accuracy")
+            except (OSError, ValueError):
+                pass  # the model itself is checked when it loads; this only fills the banner
+            build.state = "ready"
+            build.done.set()
+        return build
+
+    @property
+    def building(self) -> bool:
+        return any(not b.done.is_set() for b in self.builds.values())
+
+    def status_text(self) -> str:
+        return " · ".join(b.describe() for b in self.builds.values())
+
+    def start(self, first: str | None = None) -> None:
+        """Train every starter not yet stored, ``first`` first, in a background thread."""
+        with self._lock:
+            for arch, build in self.builds.items():
+                if build.state == "ready" and not is_model_folder(starter_folder(arch)):
+                    self.builds[arch] = StarterBuild(arch)  # deleted from the store since: train it again
+                elif build.state == "failed":
+                    self.builds[arch] = StarterBuild(arch)
+            if first is not None:
+                self._first = first
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="starter-builds", daemon=True)
+                self._thread.start()
+
+    def _next(self) -> StarterBuild | None:
+        with self._lock:
+            pending = sorted((b for b in self.builds.values() if not b.done.is_set()), key=lambda b: b.arch != self._first)
+            if not pending:
+                self._thread = None  # checked and cleared under the lock: a later start() begins a new thread
+            return pending[0] if pending else None
+
+    def _run(self) -> None:
+        while (build := self._next()) is not None:
+            build.state = "building"
+
+            def on_event(event: Event, build: StarterBuild = build) -> None:
+                build.step, build.total_steps, build.eta_s = event.step, event.total_steps, event.eta_s
+
+            try:
+                build_starter(build.arch, on_event=on_event)
+                stored = self._from_store(build.arch)
+                build.seconds, build.accuracy, build.state = stored.seconds, stored.accuracy, "ready"
+            except Exception as e:  # noqa: BLE001 - a failed build is shown and retried on the next request
+                logger.exception("building the %s starter failed", build.arch)
+                build.state, build.error = "failed", f"{type(e).__name__}: {e}"
+            finally:
+                build.done.set()
+
+    def wait(self, arch: str, on_progress: Callable[[StarterBuild], None] | None = None, poll_s: float = 0.5) -> None:
+        """Return once ``arch``'s starter is stored, training it first if no one has."""
+        build = self.builds[arch]
+        if build.state != "ready" or not is_model_folder(starter_folder(arch)):
+            self.start(first=arch)
+            build = self.builds[arch]
+        while not build.done.wait(poll_s):
+            if on_progress is not None:
+                on_progress(build)
+        if build.state == "failed":
+            raise ServiceError(f"the {DISPLAY[arch]} starter model could not be built: {build.error}")
+
+
 class ModelRegistry:
     """The models the app offers; each loaded once, on first use, and shared by all requests.
 
@@ -60,12 +185,15 @@ class ModelRegistry:
     'tabby'
     """
 
-    def __init__(self, device: str = "auto", precision: str = "auto", *, check_hub: bool = True):
-        self.device, self.precision = device, precision
+    def __init__(self, device: str = "auto", precision: str = "auto", *, check_hub: bool = True,
+                 compile: bool = False, allow_paths: bool = False):
+        # allow_paths: local folders are models too (the command line); never for the app's visitors.
+        self.device, self.precision, self.compile, self.allow_paths = device, precision, compile, allow_paths
         self._predictors: dict[str, Predictor] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
-        self.offline_reason: str | None = None
+        self._offline_reason: str | None | object = _UNCHECKED
+        self.starters = StarterBuilds()
         if check_hub:
             self._check_default_weights()
 
@@ -73,12 +201,20 @@ class ModelRegistry:
 
     def _check_default_weights(self) -> None:
         """Fetch (or find in the cache) the ImageNet pair; fall back to the starters if we can't."""
+        self._offline_reason = None
         try:
             for source in DEFAULT_SOURCES.values():
                 resolve(source)
         except (WeightsNotFoundError, SourceError) as e:
-            self.offline_reason = str(e)
+            self._offline_reason = str(e)
             logger.warning("default ImageNet weights unavailable, using the starter digit models: %s", e)
+
+    @property
+    def offline_reason(self) -> str | None:
+        """Why the ImageNet pair cannot serve (None when it can); checked once, on first need."""
+        if self._offline_reason is _UNCHECKED:
+            self._check_default_weights()
+        return self._offline_reason
 
     @property
     def uses_starters(self) -> bool:
@@ -93,10 +229,15 @@ class ModelRegistry:
             "**Offline: the ImageNet weights are not reachable** "
             f"({', '.join(DEFAULT_SOURCES.values())} are neither on the Hub nor in the local cache). "
             "ResNet-18 and ResNet-50 are the *starter digit classifiers* instead, trained here on 5,000 "
-            "real MNIST digits: draw a digit, or fine-tune your own model. "
-            "They are built on first use (about half a minute for ResNet-18, under two minutes for ResNet-50 on two "
-            "CPU cores) and then kept."
+            "real MNIST digits: **they know only the digits 0-9**, so draw a digit or try a digit example; "
+            "a photo gets a meaningless answer. Or fine-tune your own model.\n\n"
+            + self.starters.status_text()
         )
+
+    def start_building_starters(self) -> None:
+        """Offline: build the starters now, in the background, so the first click rarely waits."""
+        if self.uses_starters:
+            self.starters.start()
 
     def default_source(self, arch: str) -> str:
         return str(starter_folder(arch)) if self.uses_starters else DEFAULT_SOURCES[arch]
@@ -111,6 +252,12 @@ class ModelRegistry:
         return out
 
     def source_for(self, choice: str) -> str:
+        """The weights source a chooser's value (or a typed name) stands for.
+
+        Accepted: the short names (the ImageNet pair, or offline the starters), store models
+        with or without ``local:``, and Hub repo ids; local folders only with ``allow_paths``
+        (the command line, never a visitor of the app: see ``allow_paths``).
+        """
         choice = (choice or "").strip()
         if not choice:
             raise ServiceError("choose a model first")
@@ -121,27 +268,48 @@ class ModelRegistry:
             if not is_model_folder(folder):
                 raise ServiceError(f"{choice[len(STORE_PREFIX):]} is not in the local model store any more")
             return str(folder)
+        if _STORE_NAME.match(choice) and is_model_folder(model_folder(choice)):
+            return str(model_folder(choice))  # a store name typed without "local:", as the choosers list it
+        if self.allow_paths and ("/" in choice or choice.startswith((".", "~")) or Path(choice).expanduser().exists()):
+            return choice  # the CLI's user may name any folder on their machine; load() says what is wrong with it
         # A Hub repo id typed in by the user. resolve() would also load any folder on the server,
         # and its errors would tell a visitor which paths exist: the app serves the Hub and its store only.
         if not _TYPED_REPO_ID.match(choice) or ".." in choice or Path(choice).expanduser().exists():
+            stored = ", ".join(f.name for f in local_models()) or "none yet"
+            if self.allow_paths:
+                raise ServiceError(
+                    f"{choice!r} is not a model: give a short name ({', '.join(STARTER_ARCHS)}), the name of a model "
+                    f"in the local store ({stored}), a Hub repo id such as 'timm/resnet50.a1_in1k', or an existing folder"
+                )
             raise ServiceError(
-                f"{choice!r} is not a model here: pick one from the list, or type a Hub repo id such as "
-                f"'timm/resnet50.a1_in1k'"
+                f"{choice!r} is not a model here: pick one from the list, type the name of a model in the store "
+                f"({stored}), or a Hub repo id such as 'timm/resnet50.a1_in1k'"
             )
         return choice
+
+    def starter_note(self, choice: str) -> str:
+        """Offline, what a short name serves instead of the ImageNet weights (empty when online)."""
+        choice = (choice or "").strip()
+        if choice not in STARTER_ARCHS or not self.uses_starters:
+            return ""
+        return (f"offline: {DEFAULT_SOURCES[choice]} is neither on the Hub nor in the local cache, so {choice} is the "
+                f"starter digit classifier {starter_folder(choice).name} (it knows only the digits 0-9)")
 
     def _display_name(self, choice: str) -> str | None:
         """What the UI calls a model served from the store: by name, not by its path on the server."""
         if self.uses_starters and choice in STARTER_ARCHS:
             return f"{DISPLAY[choice]} (starter digits)"
+        choice = choice.strip()
         if choice.startswith(STORE_PREFIX):
             return choice[len(STORE_PREFIX):]
+        if _STORE_NAME.match(choice) and is_model_folder(model_folder(choice)):
+            return choice
         return None
 
     # -- serving ---------------------------------------------------------------
 
-    def predictor(self, choice: str, on_event: Callable[[Event], None] | None = None) -> Predictor:
-        """The shared Predictor for ``choice``, loading it (or building a starter) on first use."""
+    def predictor(self, choice: str, on_progress: Callable[[StarterBuild], None] | None = None) -> Predictor:
+        """The shared Predictor for ``choice``, loading it (or waiting for its starter) on first use."""
         source = self.source_for(choice)
         with self._guard:
             if source in self._predictors:
@@ -150,42 +318,62 @@ class ModelRegistry:
         with lock:  # one load per model, even when many requests ask at once
             if source not in self._predictors:
                 if self.uses_starters and choice in STARTER_ARCHS:
-                    build_starter(choice, on_event=on_event)
-                predictor = Predictor(source, self.device, self.precision)
+                    self.starters.wait(choice, on_progress)
+                predictor = Predictor(source, self.device, self.precision, compile=self.compile)
                 predictor.name = self._display_name(choice) or predictor.name
                 self._predictors[source] = predictor
             return self._predictors[source]
 
-    def base_source(self, choice: str, on_event: Callable[[Event], None] | None = None) -> str:
-        """The weights source to fine-tune from for ``choice``, building a starter if it is one."""
-        if self.uses_starters and choice in STARTER_ARCHS:
-            build_starter(choice, on_event=on_event)
+    def pending_starter(self, choice: str) -> StarterBuild | None:
+        """The starter build ``choice`` would wait for, or None when it serves at once."""
+        choice = (choice or "").strip()
+        if self.uses_starters and choice in STARTER_ARCHS and not self.starters.builds[choice].done.is_set():
+            return self.starters.builds[choice]
+        return None
+
+    def base_source(self, choice: str, on_progress: Callable[[StarterBuild], None] | None = None) -> str:
+        """The weights source to fine-tune from for ``choice``, waiting for its starter if it is one."""
+        if self.uses_starters and (choice or "").strip() in STARTER_ARCHS:
+            self.starters.wait(choice.strip(), on_progress)
         return self.source_for(choice)
 
-    def classify(self, image: Any, choice: str, top_k: int = 5, *, heatmap: bool = True,
-                 on_event: Callable[[Event], None] | None = None) -> Classification:
+    def classify(self, image: Any, choice: str, top_k: int | None = 5, *, heatmap: bool = True,
+                 on_progress: Callable[[StarterBuild], None] | None = None,
+                 image_name: str | None = "the uploaded file") -> Classification:
+        """Top-k of one image (an upload, a path, a drawing), with what the visitor should know about it.
+
+        The app's Classify button and the CLI's ``classify`` both come here: one code path.
+        ``top_k=None``: 5, or every class when the model has fewer.
+        """
         _require_image(image)  # before any model is loaded or built
-        predictor = self.predictor(choice, on_event)
-        picture, note = self._prepare(image, predictor)
+        picture = load_image(image, name=image_name)
+        predictor = self.predictor(choice, on_progress)
         start = time.perf_counter()
-        prediction = predictor.classify(picture, top_k=min(top_k, predictor.num_classes))
+        prediction = predictor.classify(picture, top_k=None if top_k is None else min(top_k, predictor.num_classes))
         latency = (time.perf_counter() - start) * 1000
         overlay = predictor.gradcam(picture, prediction.class_ids[0])[0] if heatmap else None
-        return Classification(prediction, latency, overlay, predictor.name, note)
+        return Classification(prediction, latency, overlay, predictor.name, input_note(picture, predictor))
 
-    def compare(self, image: Any, choices: tuple[str, str] = ("resnet18", "resnet50"), top_k: int = 5,
-                runs: int = 10, on_event: Callable[[Event], None] | None = None) -> Comparison:
+    def compare(self, image: Any, choices: Sequence[str] = ("resnet18", "resnet50"), top_k: int | None = 5,
+                runs: int = COMPARE_RUNS, on_progress: Callable[[StarterBuild], None] | None = None,
+                image_name: str | None = "the uploaded file") -> Comparison:
         _require_image(image)
-        predictors = [self.predictor(c, on_event) for c in choices]
-        picture, _ = self._prepare(image, predictors[0])
-        return compare(picture, predictors, top_k=min(top_k, *(p.num_classes for p in predictors)), runs=runs)
+        picture = load_image(image, name=image_name)
+        predictors = [self.predictor(c, on_progress) for c in choices]
+        fewest = min(p.num_classes for p in predictors)
+        result = compare(picture, predictors, top_k=min(top_k or 5, fewest), runs=runs)
+        notes = list(dict.fromkeys(n for p in predictors if (n := input_note(picture, p))))
+        return dataclasses.replace(result, notes=result.notes + notes)
 
-    @staticmethod
-    def _prepare(image: Any, predictor: Predictor) -> tuple[Image.Image, str]:
-        picture = load_image(image, name="the uploaded file")
-        if predictor.model.info.training.get("kind") == "digits":
-            return center_digit(picture), "digit model: the image was centred and scaled the way MNIST digits are"
-        return picture, ""
+
+def input_note(picture: Image.Image, predictor: Predictor) -> str:
+    """What a visitor should know about how ``predictor`` saw ``picture`` (empty: nothing)."""
+    if predictor.kind != "digits":
+        return ""
+    if looks_like_photo(picture):
+        return (f"{PHOTO_TO_DIGITS}: {predictor.name} knows only the digits "
+                f"{', '.join(predictor.labels)}, so this answer says nothing about the photo")
+    return "digit model: the image was centred and scaled the way MNIST digits are"
 
 
 # ---------------------------------------------------------------------------
@@ -224,9 +412,8 @@ class FinetuneJobs:
                 raise ServiceError("another fine-tune run is in progress on this app: wait for it to finish, then start again")
             job = self.active = Job(uuid.uuid4().hex, config)
         try:
+            job.folder = self._new_model_folder(model_name, data, config.base)  # before the data is read
             job.dataset = mnist_sample() if str(data) == "mnist-sample" else read_zip(data)
-            name = model_name or f"{_slug(Path(str(data)).stem)}-{config.base.split(':')[-1].split('/')[-1]}"
-            job.folder = model_folder(_slug(name))
             # The app has no batch-size control: a dataset with fewer training images than one
             # batch trains in one smaller batch per step instead of failing validation.
             train_images = len(stratified_split(job.dataset, config.val_fraction, seed=config.seed)[0])
@@ -239,12 +426,31 @@ class FinetuneJobs:
         threading.Thread(target=self._run, args=(job,), name=f"finetune-{job.id[:8]}", daemon=True).start()
         return job
 
+    @staticmethod
+    def _new_model_folder(model_name: str | None, data: str | Path, base: str) -> Path:
+        """The store folder a run will save to; a model already there is never replaced.
+
+        A name the visitor typed must be free; without one, the run is named after its
+        data and base, numbered (``-2``, ``-3`` ...) past the names already taken.
+        """
+        if model_name and model_name.strip():
+            name = model_name.strip()
+            folder = model_folder(name)
+            if folder.exists():
+                raise ServiceError(f"a model named {name!r} is already in the store: choose another name")
+            return folder
+        stem = _slug(f"{_slug(Path(str(data)).stem)}-{base.split(':')[-1].split('/')[-1]}")
+        for n in itertools.count(1):
+            folder = model_folder(stem if n == 1 else f"{stem}-{n}")
+            if not folder.exists():
+                return folder
+
     def _run(self, job: Job) -> None:
         try:
             job.result = finetune(job.dataset, job.config, on_event=job.events.put, stop=job.stop)
             if not job.result.stopped:
                 job.result.model.info.training["name"] = job.folder.name
-                job.result.save(job.folder, overwrite=True)
+                job.result.save(job.folder, overwrite=False)
         except ResNetHubError as e:
             job.error = str(e)
         except Exception as e:  # noqa: BLE001 - the UI must hear about any failure, and the app keeps serving

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import time
 import zlib
@@ -501,3 +502,13 @@ def test_denormalize_inverts_the_normalisation():
     batch = to_tensor_batch([Image.new("RGB", (32, 32), (51, 102, 255))], p)
     expected = torch.tensor([0.2, 0.4, 1.0]).view(1, 3, 1, 1).expand(1, 3, 32, 32)
     assert torch.allclose(denormalize(batch, p), expected, atol=1e-5)
+
+
+def test_a_decompression_bomb_is_refused_with_one_limit_stated():
+    """Pillow's own sentence names its own, larger limit; the message states ours alone."""
+    with pytest.raises(ImageError) as refused:
+        load_image(png_declaring(100_000, 100_000), name="bomb.png")
+    message = str(refused.value)
+    assert message == ("bomb.png: 10,000,000,000 pixels is over the limit of 40,000,000 "
+                       "(refused as a possible decompression bomb); downscale it first")
+    assert len(re.findall(r"\d[\d,]{6,}", message)) == 2  # the image's pixels and the one limit

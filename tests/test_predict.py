@@ -368,9 +368,10 @@ def test_comparison_table_has_one_row_per_model_with_the_documented_columns(comp
     assert [r["model"] for r in rows] == ["resnet18", "resnet50"]
     for row in rows:
         assert list(row) == [
-            "model", "top-1", "confidence", "first call (ms)", "median (ms)", "p90 (ms)", "images/s",
-            "parameters (M)", "GMACs", "device", "precision",
+            "model", "top-1", "confidence", "first call after load (ms)", "p10 (ms)", "median (ms)", "p90 (ms)",
+            "runs", "images/s", "parameters (M)", "GMACs", "device", "precision",
         ]
+        assert row["p10 (ms)"] <= row["median (ms)"] <= row["p90 (ms)"]
         assert row["top-1"] == comparison.predictions[row["model"]].top1
         assert row["parameters (M)"] == round(comparison.parameters[row["model"]] / 1e6, 2)
 
