@@ -21,7 +21,7 @@ from PIL import Image
 from resnet_hub.errors import ResNetHubError
 from resnet_hub.finetune import FinetuneConfig
 from resnet_hub.model import build, stage_table, weighted_layers
-from resnet_hub.service import FinetuneJobs, ModelRegistry, zip_model_folder
+from resnet_hub.service import COMPARE_RUNS, PHOTO_TO_DIGITS, FinetuneJobs, ModelRegistry, zip_model_folder
 from resnet_hub.store import model_folder
 from resnet_hub.weights import load
 
@@ -45,20 +45,27 @@ HEATMAP_MIN_SIDE = 224  # px, as shown
 
 registry = ModelRegistry()
 jobs = FinetuneJobs(registry)
+registry.start_building_starters()  # offline: train the starters now, so the first click rarely waits
 
 
-def _user_error(e: Exception) -> gr.Error:
-    return gr.Error(str(e), print_exception=False)
+def _user_error(e: Exception | str) -> gr.Error:
+    # duration=None: the message stays until the visitor closes it (Gradio's default hides it after 10 s).
+    return gr.Error(str(e), duration=None, print_exception=False)
 
 
-def _progress_hook(progress: gr.Progress):
-    def on_event(event) -> None:
-        if event.kind == "start":
-            progress(0, desc="building the starter model (first use only)")
-        elif event.total_steps:
-            progress(event.step / event.total_steps, desc="building the starter model (first use only)")
+def _starter_progress(progress: gr.Progress):
+    def on_progress(build) -> None:
+        progress(build.fraction, desc=f"{build.describe()} (first start of the app only)")
 
-    return on_event
+    return on_progress
+
+
+def _with_input_note(info: str, note: str) -> str:
+    """A photo sent to a digit model is said first and loudly; other notes follow the timing."""
+    if note.startswith(PHOTO_TO_DIGITS):
+        gr.Warning(note, duration=None)
+        return f"⚠️ **{note}.**\n\n{info}"
+    return f"{info} · {note}" if note else info
 
 
 def uploaded_image(**kwargs) -> gr.Image:
@@ -99,12 +106,11 @@ def _image_from(image, sketch):
 @gpu
 def classify(image, sketch, model_choice, top_k, progress=gr.Progress()):
     try:
-        result = registry.classify(_image_from(image, sketch), model_choice, int(top_k), on_event=_progress_hook(progress))
+        result = registry.classify(_image_from(image, sketch), model_choice, int(top_k),
+                                   on_progress=_starter_progress(progress))
     except ResNetHubError as e:
         raise _user_error(e) from None
-    info = f"**{result.model}** · {result.latency_ms:.1f} ms for this call"
-    if result.note:
-        info += f" · {result.note}"
+    info = _with_input_note(f"**{result.model}** · {result.latency_ms:.1f} ms for this call", result.note)
     return result.prediction.as_dict(), info, _cached(_visible(result.heatmap), heatmap.GRADIO_CACHE)
 
 
@@ -143,28 +149,81 @@ def _visible(heatmap):
 @gpu
 def compare(image, sketch, model_a, model_b, progress=gr.Progress()):
     try:
-        result = registry.compare(_image_from(image, sketch), (model_a, model_b), on_event=_progress_hook(progress))
+        result = registry.compare(_image_from(image, sketch), (model_a, model_b), on_progress=_starter_progress(progress))
     except ResNetHubError as e:
         raise _user_error(e) from None
     (name_a, pred_a), (name_b, pred_b) = list(result.predictions.items())[:2]
     verdict = (f"Top-1 **agrees**: both say *{pred_a.top1}*." if result.agree
                else f"Top-1 **differs**: *{pred_a.top1}* vs *{pred_b.top1}*.")
-    table = pd.DataFrame(result.table())
-    chart = pd.DataFrame(
-        [{"model": row["model"], "measure": m, "ms": row[m]} for row in result.table() for m in ("median (ms)", "p90 (ms)")]
+    for note in result.notes:
+        verdict = _with_input_note(verdict, note)
+    rows = result.table()
+    return pred_a.as_dict(), pred_b.as_dict(), verdict, timings_frame(rows), latency_frame(rows)
+
+
+LATENCY_STATS = ("p10", "median", "p90")
+
+
+def timings_frame(rows: list[dict]) -> pd.DataFrame:
+    """One column per model, one row per measure: two models fit any screen, however many measures."""
+    measures = [m for m in rows[0] if m != "model"]
+    return pd.DataFrame({"measure": measures, **{r["model"]: [_cell(r[m]) for m in measures] for r in rows}})
+
+
+def _cell(value) -> str:
+    return f"{value:,}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def latency_frame(rows: list[dict]) -> pd.DataFrame:
+    """A bar per model and statistic, side by side (never stacked): each bar's height is its table value."""
+    return pd.DataFrame(
+        [{"bar": f"{'AB'[i]} {stat}", "model": row["model"], "ms": float(row[f"{stat} (ms)"])}
+         for i, row in enumerate(rows[:2]) for stat in LATENCY_STATS]
     )
-    return pred_a.as_dict(), pred_b.as_dict(), verdict, table, chart
 
 
 # -- Fine-tune --------------------------------------------------------------
 
 
-def _curves(history) -> pd.DataFrame:
-    rows = [{"step": e.step, "series": "train loss", "value": e.loss} for e in history if e.kind == "step"]
-    rows += [{"step": e.step, "series": "train accuracy", "value": e.train_accuracy} for e in history if e.kind == "step"]
-    rows += [{"step": e.step, "series": "validation accuracy", "value": e.val_accuracy} for e in history
+LOSS_SERIES = ("train loss",)
+ACCURACY_SERIES = ("train accuracy", "validation accuracy")
+
+
+def loss_curve(history) -> pd.DataFrame | None:
+    """Training loss per step: its own plot, on its own scale (2.3 at the start beside accuracies of 0-1 hides both)."""
+    rows = [(e.images, "train loss", e.loss) for e in history if e.kind == "step" and e.loss is not None]
+    return _curve_frame(rows, "loss", LOSS_SERIES)
+
+
+def accuracy_curves(history) -> pd.DataFrame | None:
+    """Training accuracy per step and validation accuracy per epoch, on a 0-1 axis."""
+    rows = [(e.images, "train accuracy", e.train_accuracy) for e in history
+            if e.kind == "step" and e.train_accuracy is not None]
+    rows += [(e.images, "validation accuracy", e.val_accuracy) for e in history
              if e.kind == "epoch" and e.val_accuracy is not None]
-    return pd.DataFrame(rows, columns=["step", "series", "value"])
+    return _curve_frame(rows, "accuracy", ACCURACY_SERIES)
+
+
+def _curve_frame(rows, y: str, series: tuple[str, ...]) -> pd.DataFrame | None:
+    """The rows as a typed frame that names every series from the first frame on.
+
+    Gradio 6.31's LinePlot fixes its colour domain from the first frame it draws: a series that
+    appears later (validation accuracy, after the first epoch) would get no stroke, and an empty
+    first frame would leave every line without one. So: None until there is data, then a
+    placeholder row (y = NaN, which Vega does not draw) for each series not measured yet.
+    """
+    if not rows:
+        return None
+    missing = [(rows[0][0], name, float("nan")) for name in series if name not in {r[1] for r in rows}]
+    # x: training images seen, a count whose ticks stay whole and few even for a run of four steps.
+    # Typed: the plot reads each column's dtype, and an object column is drawn as categories.
+    frame = pd.DataFrame(rows + missing, columns=["images", "series", y])
+    return frame.astype({"images": "int64", "series": "str", y: "float64"})
+
+
+def _progress_line(event) -> str:
+    return (f"epoch {event.epoch + 1}/{event.epochs} · step {event.step}/{event.total_steps} "
+            f"({event.step / event.total_steps:.0%}) · {event.images_per_s:.0f} images/s · about {event.eta_s:.0f} s left")
 
 
 def _confusion_figure(matrix, labels):
@@ -190,16 +249,36 @@ CHOOSERS = 5  # Classify, Compare A and B, Fine-tune base, Push
 
 
 def _choices_update():
+    """Every chooser lists the store as it is now: called on each page load and after each run."""
     choices = registry.choices()
     return tuple(gr.Dropdown(choices=choices) for _ in range(CHOOSERS))
 
 
+def on_page_load():
+    return (registry.banner, gr.Timer(active=registry.starters.building), *_choices_update())
+
+
+def on_banner_tick():
+    return registry.banner, gr.Timer(active=registry.starters.building)
+
+
+def _running() -> gr.Button:
+    return gr.Button("Training… (Stop ends the run)", interactive=False)
+
+
+def _idle() -> gr.Button:
+    return gr.Button("Start", interactive=True)
+
+
 @gpu(duration=300)
-def train(data_zip, use_mnist, base, epochs, lr, freeze, name, progress=gr.Progress()):
+def train(data_zip, use_mnist, base, epochs, lr, freeze, name):
+    """Stream a run's state into the page: the status line carries the progress, so no overlay hides results."""
     data = "mnist-sample" if use_mnist else data_zip
     if not data:
-        raise gr.Error("no data: upload a .zip with one folder per class, or tick 'bundled MNIST sample'",
-                       print_exception=False)
+        raise _user_error("no data: upload a .zip with one folder per class, or tick 'bundled MNIST sample'")
+    while (build := registry.pending_starter(base)) is not None and not build.done.wait(1.0):
+        yield None, f"Waiting for the {build.describe()}.", gr.skip(), gr.skip(), gr.skip(), gr.skip(), _running(), \
+            *_choices_update()
     try:
         config = FinetuneConfig(base=base, epochs=int(epochs), lr=float(lr), freeze=int(freeze),
                                 image_size=32 if use_mnist else 128)
@@ -207,34 +286,36 @@ def train(data_zip, use_mnist, base, epochs, lr, freeze, name, progress=gr.Progr
     except (ResNetHubError, ValueError, TypeError) as e:
         raise _user_error(e) from None
     history = []
-    status = f"Training on {job.dataset.summary()}"
+    summary = f"Training on {job.dataset.summary()} Will be saved as `{job.folder.name}`."
+    status = summary
     try:
-        yield job.id, status, _curves(history), None, None, *_choices_update()
+        yield job.id, status, loss_curve(history), accuracy_curves(history), None, None, _running(), *_choices_update()
         for batch in jobs.stream(job):
             history += batch
-            for event in batch:
-                if event.kind == "step" and event.total_steps:
-                    progress(event.step / event.total_steps,
-                             desc=f"epoch {event.epoch + 1}/{event.epochs} · {event.images_per_s:.0f} img/s · ETA {event.eta_s:.0f} s")
-                if event.message:
-                    status = event.message
-            if batch:
-                yield job.id, status, _curves(history), None, None, *_choices_update()
+            steps = [e for e in batch if e.kind == "step" and e.total_steps]
+            messages = [e.message for e in batch if e.message]
+            if steps or messages:
+                status = summary + "\n\n" + (f"**{_progress_line(steps[-1])}**" if steps else "")
+                status += "".join(f"\n\n{m}" for m in messages[-1:])
+                yield job.id, status, loss_curve(history), accuracy_curves(history), gr.skip(), gr.skip(), _running(), \
+                    *[gr.skip()] * CHOOSERS
     finally:
         # The visitor left (Gradio closed this generator): nobody can press Stop any more.
         if not job.done.is_set():
             jobs.stop(job.id)
     if job.error:
-        raise gr.Error(job.error, print_exception=False)
+        raise _user_error(job.error)
     result = job.result
     if result.stopped:
-        yield None, f"{result.reason}: nothing saved.", _curves(history), None, None, *_choices_update()
+        yield None, f"**{result.reason}: nothing saved.**", loss_curve(history), accuracy_curves(history), None, None, \
+            _idle(), *_choices_update()
         return
     summary = (f"**Validation accuracy {result.val_accuracy:.2%}** on {len(result.confusion_matrix)} classes; "
                f"{result.images_per_s:.0f} images/s. Saved as `{job.folder.name}`: now in the Classify and Compare choosers.")
     notes = "".join(f"\n\n_{n}_" for n in result.model.info.notes)
     fig = _confusion_figure(result.confusion_matrix, result.model.labels)
-    yield None, summary + notes, _curves(history), fig, str(zip_model_folder(job.folder)), *_choices_update()
+    yield None, summary + notes, loss_curve(history), accuracy_curves(history), fig, str(zip_model_folder(job.folder)), \
+        _idle(), *_choices_update()
 
 
 def stop(job_id):
@@ -247,10 +328,10 @@ def stop(job_id):
 def push(model_choice, repo_id, token_text, oauth_token: gr.OAuthToken | None = None):
     token = (oauth_token.token if oauth_token is not None else None) or (token_text or "").strip() or None
     if not token:
-        raise gr.Error("log in with Hugging Face (or paste a write token locally) before pushing", print_exception=False)
+        raise _user_error("log in with Hugging Face (or paste a write token locally) before pushing")
     try:
         if not model_choice or not model_choice.startswith("local:"):
-            raise gr.Error("choose a model fine-tuned here to push", print_exception=False)
+            raise _user_error("choose a model fine-tuned here to push")
         model = load(model_folder(model_choice.removeprefix("local:")), device="cpu")
         url = model.push_to_hub((repo_id or "").strip(), token=token)
     except ResNetHubError as e:
@@ -290,15 +371,28 @@ def about_markdown() -> str:
 # -- Layout -----------------------------------------------------------------
 
 
-def examples() -> list[list[str]]:
+def examples(kind: str) -> list[list[str]]:
+    """The bundled example files of one kind: "digits" or "photo"."""
     from resnet_hub.examples import example_images
 
-    return [[str(p)] for p in example_images()]
+    return [[str(p)] for p in example_images() if (p.name.startswith("mnist-digit")) == (kind == "digits")]
+
+
+def add_examples(target) -> None:
+    """Examples the models being served can answer first; offline, the photos are labelled for what they are."""
+    gr.Examples(examples("digits"), inputs=[target], label="Examples: real MNIST digits")
+    if registry.uses_starters:
+        gr.Examples(examples("photo"), inputs=[target],
+                    label="Photos (scikit-image): the offline starter models know only digits, so their answer "
+                          "for a photo means nothing")
+    else:
+        gr.Examples(examples("photo"), inputs=[target], label="Examples: real photos (scikit-image)")
 
 
 with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
     gr.Markdown("# resnet-hub\nTry, compare and fine-tune ResNet-18 and ResNet-50.")
-    gr.Markdown(registry.banner, elem_id="weights-banner")
+    banner = gr.Markdown(registry.banner, elem_id="weights-banner")
+    banner_timer = gr.Timer(2.0, active=registry.starters.building)
     choices = registry.choices()
 
     with gr.Tab("Classify", id="classify"):
@@ -307,14 +401,14 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
                 image = uploaded_image(sources=["upload", "webcam", "clipboard"], label="Image")
                 sketch = gr.Sketchpad(label="…or draw a digit", type="numpy", image_mode="RGB", canvas_size=(280, 280))
                 model = gr.Dropdown(choices=choices, value="resnet50", allow_custom_value=True,
-                                    label="Model (or type a Hub repo id: org/name)")
+                                    label="Model (or type a Hub repo id: org/name)", elem_id="classify-model")
                 top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k")
                 go = gr.Button("Classify", variant="primary")
             with gr.Column():
                 labels = gr.Label(label="Top classes", elem_id="classify-label")
-                timing = gr.Markdown()
+                timing = gr.Markdown(elem_id="classify-info")
                 heatmap = gr.Image(label="Where the model looked (grad-CAM for the top class)", type="pil")
-        gr.Examples(examples(), inputs=[image], label="Examples: real photos (scikit-image) and MNIST digits")
+        add_examples(image)
         go.click(classify, [image, sketch, model, top_k], [labels, timing, heatmap], api_name="classify",
                  concurrency_limit=CLASSIFY_CONCURRENCY, concurrency_id="inference")
 
@@ -324,17 +418,26 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
                 c_image = uploaded_image(sources=["upload", "webcam", "clipboard"], label="Image")
                 c_sketch = gr.Sketchpad(label="…or draw a digit", type="numpy", image_mode="RGB", canvas_size=(280, 280))
                 with gr.Row():
-                    model_a = gr.Dropdown(choices=choices, value="resnet18", allow_custom_value=True, label="Model A")
-                    model_b = gr.Dropdown(choices=choices, value="resnet50", allow_custom_value=True, label="Model B")
+                    model_a = gr.Dropdown(choices=choices, value="resnet18", allow_custom_value=True, label="Model A",
+                                          elem_id="compare-model-a")
+                    model_b = gr.Dropdown(choices=choices, value="resnet50", allow_custom_value=True, label="Model B",
+                                          elem_id="compare-model-b")
                 c_go = gr.Button("Compare", variant="primary")
             with gr.Column():
                 with gr.Row():
                     label_a = gr.Label(label="Model A", elem_id="compare-label-a")
                     label_b = gr.Label(label="Model B", elem_id="compare-label-b")
-                verdict = gr.Markdown()
-        timing_table = gr.Dataframe(label="Timings (warm median and p90 of 10 batch-1 runs after warm-up)")
-        timing_chart = gr.BarPlot(x="model", y="ms", color="measure", title="Latency per image (ms)")
-        gr.Examples(examples(), inputs=[c_image])
+                verdict = gr.Markdown(elem_id="compare-verdict")
+        timing_table = gr.Dataframe(
+            label=f"Timings: batch-1 forward passes of this image, {COMPARE_RUNS} runs per model taken in turn "
+                  f"(A, B, A, B ...) after 3 warm-up runs each; 'first call after load' is the cold first pass "
+                  f"after the model was loaded into this server",
+            elem_id="compare-timings", wrap=True)
+        timing_chart = gr.BarPlot(
+            x="bar", y="ms", color="model", sort=[f"{m} {s}" for m in "AB" for s in LATENCY_STATS],
+            title=f"Latency per image (ms): p10, median and p90 of {COMPARE_RUNS} runs", x_title="model A / B, statistic",
+            y_title="ms", elem_id="compare-chart", height=300)
+        add_examples(c_image)
         c_go.click(compare, [c_image, c_sketch, model_a, model_b], [label_a, label_b, verdict, timing_table, timing_chart],
                    api_name="compare", concurrency_limit=CLASSIFY_CONCURRENCY, concurrency_id="inference")
 
@@ -342,38 +445,56 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
         job_id = gr.State(None)
         with gr.Row():
             with gr.Column():
-                data_zip = gr.File(label="A .zip with one folder per class", file_types=[".zip"], type="filepath")
+                data_zip = gr.File(label="A .zip with one folder per class", file_types=[".zip"], type="filepath",
+                                   elem_id="finetune-zip")
                 use_mnist = gr.Checkbox(label="Use the bundled MNIST sample instead (5,000 digits)", value=False)
-                base = gr.Dropdown(choices=choices, value="resnet18", allow_custom_value=True, label="Start from")
+                base = gr.Dropdown(choices=choices, value="resnet18", allow_custom_value=True, label="Start from",
+                                   elem_id="finetune-base")
                 with gr.Row():
-                    epochs = gr.Number(value=3, precision=0, minimum=1, maximum=50, label="Epochs")
+                    epochs = gr.Number(value=3, precision=0, minimum=1, maximum=50, label="Epochs",
+                                       elem_id="finetune-epochs")
                     lr = gr.Number(value=0.05, minimum=0, label="Learning rate")
                     freeze = gr.Slider(-1, 4, value=-1, step=1, label="Frozen stages (-1: none)")
-                name = gr.Textbox(label="Name for the new model", placeholder="e.g. my-pets")
+                name = gr.Textbox(label="Name for the new model (empty: named after the data, never replacing one)",
+                                  placeholder="e.g. my-pets", elem_id="finetune-name")
                 with gr.Row():
-                    start = gr.Button("Start", variant="primary")
+                    start = gr.Button("Start", variant="primary", elem_id="finetune-start")
                     stop_btn = gr.Button("Stop", variant="stop")
             with gr.Column():
                 status = gr.Markdown(elem_id="finetune-status")
-                curves = gr.LinePlot(x="step", y="value", color="series", title="Loss and accuracy", height=260)
+                loss_plot = gr.LinePlot(None, x="images", y="loss", color="series", title="Training loss",
+                                        x_title="training images seen", y_title="loss", height=220, elem_id="loss-plot")
+                accuracy_plot = gr.LinePlot(None, x="images", y="accuracy", color="series",
+                                            title="Accuracy", x_title="training images seen", y_title="accuracy", y_lim=[0, 1],
+                                            height=220, elem_id="accuracy-plot")
                 confusion = gr.Plot(label="Confusion matrix (validation)")
-                download = gr.File(label="Download the weights (model.safetensors + config.json + README.md)")
+                download = gr.File(label="Download the weights (model.safetensors + config.json + README.md)",
+                                   elem_id="finetune-download")
         with gr.Accordion("Push to the Hugging Face Hub", open=False):
             if ON_SPACES:
                 gr.LoginButton()
-            push_model = gr.Dropdown(choices=choices, allow_custom_value=True, label="Model fine-tuned here")
+            push_model = gr.Dropdown(choices=choices, allow_custom_value=True, label="Model fine-tuned here",
+                                     elem_id="push-model")
             repo_id = gr.Textbox(label="Repo id (your-name/model-name)")
             token = gr.Textbox(label="Write token (local runs; never stored or logged)", type="password", visible=not ON_SPACES)
             push_btn = gr.Button("Push")
             push_result = gr.Markdown()
+        # The status line carries the run's progress ("minimal": no overlay over the plots, the results
+        # or the inputs); the Start button says a run is going and comes back when it ends, however it ends.
         start.click(train, [data_zip, use_mnist, base, epochs, lr, freeze, name],
-                    [job_id, status, curves, confusion, download, model, model_a, model_b, base, push_model],
-                    api_name="finetune", concurrency_limit=1, concurrency_id="finetune")
+                    [job_id, status, loss_plot, accuracy_plot, confusion, download, start, model, model_a, model_b,
+                     base, push_model],
+                    api_name="finetune", concurrency_limit=1, concurrency_id="finetune", show_progress="minimal",
+                    ).then(lambda: _idle(), None, start, api_name=False, queue=False)
         stop_btn.click(stop, [job_id], None, api_name="stop_finetune", queue=False)
         push_btn.click(push, [push_model, repo_id, token], [push_result], api_name="push")
 
     with gr.Tab("About", id="about"):
         gr.Markdown(about_markdown())
+
+    demo.load(on_page_load, None, [banner, banner_timer, model, model_a, model_b, base, push_model],
+              api_name=False, queue=False)
+    banner_timer.tick(on_banner_tick, None, [banner, banner_timer], api_name=False, queue=False, show_progress="hidden")
 
 demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CLASSIFY_CONCURRENCY)
 

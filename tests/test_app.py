@@ -168,14 +168,36 @@ def test_compare_two_models_side_by_side(running_app):
         assert label["label"] in DIGIT_LABELS and len(label["confidences"]) == 5
     assert ("agrees" in verdict) == (label_a["label"] == label_b["label"])
     assert "agrees" in verdict or "differs" in verdict
-    rows = [dict(zip(table["headers"], row)) for row in table["data"]]
-    assert [r["model"] for r in rows] == ["ResNet-18 (starter digits)", "ResNet-50 (starter digits)"]
-    assert all(r["GMACs"] > 0 and r["parameters (M)"] > 0 and r["median (ms)"] > 0 for r in rows)
-    assert rows[0]["parameters (M)"] < rows[1]["parameters (M)"]
-    assert chart["columns"] == ["model", "measure", "ms"]
-    assert {(m, measure) for m, measure, _ in chart["data"]} == {
-        (r["model"], measure) for r in rows for measure in ("median (ms)", "p90 (ms)")
-    }
+    models = ["ResNet-18 (starter digits)", "ResNet-50 (starter digits)"]
+    assert table["headers"] == ["measure", *models]  # one column per model: it fits any screen
+    cols = {m: {row[0]: row[1 + i] for row in table["data"]} for i, m in enumerate(models)}
+    number = lambda text: float(str(text).replace(",", ""))  # noqa: E731
+    for m in models:
+        assert number(cols[m]["GMACs"]) > 0 and number(cols[m]["parameters (M)"]) > 0
+        assert 0 < number(cols[m]["p10 (ms)"]) <= number(cols[m]["median (ms)"]) <= number(cols[m]["p90 (ms)"])
+        assert cols[m]["runs"] == "30"
+    assert number(cols[models[0]]["parameters (M)"]) < number(cols[models[1]]["parameters (M)"])
+    # One bar per model and statistic (never stacked), each the table's value.
+    assert chart["columns"] == ["bar", "model", "ms"]
+    bars = {(model, bar.split()[1]): ms for bar, model, ms in chart["data"]}
+    assert bars == {(m, stat): number(cols[m][f"{stat} (ms)"]) for m in models for stat in ("p10", "median", "p90")}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kind", ["photo", "digit"])
+def test_the_app_and_the_cli_give_the_same_top_5(running_app, capsys, kind, arch):
+    """One code path: the same model, image and preprocessing (digits centred the MNIST way) in both."""
+    import json
+
+    from resnet_hub.__main__ import main
+
+    label, _, _ = classify(running_app.client, example(kind), arch, top_k=5)
+    capsys.readouterr()
+    assert main(["classify", str(example(kind)), "--model", arch, "--top-k", "5", "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)["results"][str(example(kind))]
+    app = {c["label"]: c["confidence"] for c in label["confidences"]}
+    assert list(app) == list(cli)
+    assert list(app.values()) == pytest.approx(list(cli.values()), abs=1e-6)
 
 
 # --- fine-tune -------------------------------------------------------------------------------
@@ -184,10 +206,12 @@ def test_compare_two_models_side_by_side(running_app):
 def test_finetune_on_an_uploaded_zip_adds_a_model_to_every_chooser(running_app, tmp_path):
     app, client = running_app.module, running_app.client
     job = client.submit(*finetune_args(colour_zip(tmp_path / "colours.zip"), "test-colors"), api_name="/finetune")
-    status, curves, _, download, *choosers = job.result(timeout=240)
+    status, loss, accuracy, _, download, *choosers = job.result(timeout=240)
 
     assert "Validation accuracy" in status and "test-colors" in status
-    assert {row[1] for row in curves["data"]} >= {"train loss", "validation accuracy"}
+    assert {row[1] for row in loss["data"]} == {"train loss"}
+    assert {row[1] for row in accuracy["data"]} == {"train accuracy", "validation accuracy"}
+    assert all(0 <= row[2] <= 1 for row in accuracy["data"] if row[2] is not None)
     assert ("test-colors (fine-tuned here)", "local:test-colors") in app.registry.choices()
     assert len(choosers) == app.CHOOSERS
     for chooser in choosers:

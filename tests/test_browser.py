@@ -1,16 +1,24 @@
 """The app in a real browser: Debian's headless Chromium, driven by Playwright.
 
 Playwright's own browser download is never used (it needs the network); the
-system /usr/bin/chromium is. Screenshots of every tab land in test-artifacts/.
+system /usr/bin/chromium is. The tests assert on what is drawn and listed: the
+lines and axes of a plot (Gradio draws its plots as SVG with Vega), the bars of a
+chart against the table beside it, the options of every chooser after a reload.
+Screenshots of every tab (idle, running, done, error) land in test-artifacts/.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import time
+import zipfile
 from pathlib import Path
 
 import pytest
+
+from .test_app import colour_zip
 
 pytestmark = pytest.mark.browser
 
@@ -21,12 +29,14 @@ FLAGS = [
     "--disable-sync", "--no-first-run", "--disable-quic",
 ]
 TABS = ["Classify", "Compare", "Fine-tune", "About"]
+CHOOSERS = ["#classify-model", "#compare-model-a", "#compare-model-b", "#finetune-base", "#push-model"]
 TIMEOUT_MS = 60_000
+TRAIN_TIMEOUT_MS = 240_000
 
 
 @pytest.fixture(scope="module")
-def browser_page(running_app, tmp_path_factory):
-    """A fresh Chromium profile on the app's page, and the uncaught page errors it reports."""
+def browser(running_app, tmp_path_factory):
+    """A fresh Chromium profile; every test opens its own page on the app."""
     on_ci = os.environ.get("CI") == "true"
     if not CHROMIUM.exists():
         if on_ci:
@@ -42,14 +52,23 @@ def browser_page(running_app, tmp_path_factory):
             str(profile), executable_path=str(CHROMIUM), args=FLAGS, headless=True, viewport={"width": 1280, "height": 900}
         )
         context.set_default_timeout(TIMEOUT_MS)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(running_app.url, wait_until="domcontentloaded")  # "networkidle" never comes: the page keeps a stream open
+        context.page_errors = []
         try:
-            yield page, errors
+            yield context
         finally:
             context.close()
+
+
+@pytest.fixture
+def page(browser, running_app):
+    page = browser.new_page()
+    page.on("pageerror", lambda error: browser.page_errors.append(str(error)))
+    page.goto(running_app.url, wait_until="domcontentloaded")  # "networkidle" never comes: the page keeps a stream open
+    page.locator("#weights-banner").wait_for()
+    try:
+        yield page
+    finally:
+        page.close()
 
 
 @pytest.fixture(scope="module")
@@ -62,52 +81,274 @@ def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name, exact=True).click()
 
 
-def test_the_page_shows_the_offline_banner(browser_page):
-    page, _ = browser_page
-    banner = page.locator("#weights-banner")
-    banner.wait_for()
-    assert "Offline: the ImageNet weights are not reachable" in banner.inner_text()
+def shoot(page, artifacts: Path, name: str) -> None:
+    page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
+
+
+def pick_example(page, file_stem: str) -> None:
+    """Click an example thumbnail on the visible tab and wait until it reaches the Image input."""
+    selector = f"img[src*='{file_stem}']"
+    shown = page.locator(selector).count()
+    page.locator(f"{selector} >> visible=true").first.click()
+    page.wait_for_function(f"() => document.querySelectorAll(\"{selector}\").length > {shown}")
+
+
+def chooser_options(page, selector: str) -> list[str]:
+    """The options a chooser lists when the visitor opens it."""
+    page.locator(f"{selector} input").click()
+    options = page.get_by_role("option")
+    options.first.wait_for()
+    listed = [o.strip() for o in options.all_inner_texts()]
+    page.keyboard.press("Escape")
+    return listed
+
+
+def toast_texts(page) -> list[str]:
+    return [t.strip() for t in page.get_by_test_id("toast-text").all_inner_texts()]
+
+
+# -- reading what Vega drew ---------------------------------------------------------------------
+
+READ_AXES = """(root) => {
+  const axes = {};
+  for (const axis of root.querySelectorAll('g.role-axis[aria-label]')) {
+    const which = axis.getAttribute('aria-label').startsWith('X') ? 'x' : 'y';
+    // Each label's centre sits on its tick (Vega centres x labels and middles y labels).
+    axes[which] = [...axis.querySelectorAll('g.role-axis-label text')]
+      .filter(t => t.textContent && getComputedStyle(t).opacity !== '0' && t.getAttribute('opacity') !== '0')
+      .map(t => { const r = t.getBoundingClientRect();
+                  return {label: t.textContent, at: which === 'y' ? (r.top + r.bottom) / 2 : (r.left + r.right) / 2}; })
+      .sort((a, b) => which === 'y' ? b.at - a.at : a.at - b.at);  // smallest value first
+  }
+  return axes;
+}"""
+
+
+def axes(page, plot: str) -> dict:
+    """Per axis, its visible tick labels with their pixel positions, in order of value."""
+    return page.locator(f"{plot} svg").first.evaluate(READ_AXES)
+
+
+def labels(axis: list[dict]) -> list[str]:
+    return [tick["label"] for tick in axis]
+
+
+def value_at(axis: list[dict], pixel: float) -> float:
+    """The data value at a pixel position, from the axis's own numeric tick labels."""
+    (p0, v0), (p1, v1) = ((t["at"], float(t["label"].replace(",", ""))) for t in (axis[0], axis[-1]))
+    return v0 + (pixel - p0) * (v1 - v0) / (p1 - p0)
+
+
+def is_number(text: str) -> bool:
+    return re.fullmatch(r"-?[\d,]*\.?\d+", text.strip()) is not None
+
+
+def drawn_lines(page, plot: str) -> list[dict]:
+    """Each line drawn in a plot: its number of points and its stroke colour (no stroke: nothing is seen)."""
+    return page.locator(f"{plot} svg .mark-line path").evaluate_all(
+        "paths => paths.map(p => ({points: (p.getAttribute('d') || '').split(/[ML]/).filter(s => s.trim()).length,"
+        " stroke: p.getAttribute('stroke') || getComputedStyle(p).stroke}))")
+
+
+def legend_entries(page, plot: str) -> list[str]:
+    return page.locator(f"{plot} svg .role-legend-label text").evaluate_all("ts => ts.map(t => t.textContent)")
+
+
+# -- the page -----------------------------------------------------------------------------------
+
+
+def test_the_page_shows_the_offline_banner_with_the_starters_measured_here(page):
+    banner = page.locator("#weights-banner").inner_text()
+    assert "Offline: the ImageNet weights are not reachable" in banner
+    assert "they know only the digits 0-9" in banner
+    assert re.search(r"ResNet-50 starter: ready \(trained on this machine in \d+ s", banner)
 
 
 @pytest.mark.parametrize("tab", TABS)
-def test_each_tab_opens(browser_page, artifacts, tab):
-    page, _ = browser_page
+def test_each_tab_opens(page, artifacts, tab):
     open_tab(page, tab)
-    selected = page.get_by_role("tab", name=tab, exact=True)
-    assert selected.get_attribute("aria-selected") == "true"
+    assert page.get_by_role("tab", name=tab, exact=True).get_attribute("aria-selected") == "true"
     if tab == "About":
-        about = page.get_by_text("Why ResNet-18 has 18 layers")
-        about.wait_for()
+        page.get_by_text("Why ResNet-18 has 18 layers").wait_for()
         table = page.locator("table", has_text="layer4").first
-        table.wait_for()
         assert "residual blocks" in table.inner_text()
-    shot = artifacts / f"tab-{tab.lower()}.png"
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 0
+    shoot(page, artifacts, f"tab-{tab.lower()}-idle")
 
 
-def test_classify_an_example_digit_in_the_browser(browser_page, artifacts):
-    page, _ = browser_page
+def test_offline_the_digit_examples_come_first_and_the_photos_say_what_they_are(page):
     open_tab(page, "Classify")
-    digit = page.locator("img[src*='mnist-digit-3']")
-    shown = digit.count()  # the example thumbnails
-    digit.first.click()
-    # The example reaches the Image input asynchronously; "Classify" before that is "no image".
-    page.wait_for_function(f"() => document.querySelectorAll(\"img[src*='mnist-digit-3']\").length > {shown}")
-    page.get_by_role("button", name="Classify", exact=True).click()
+    page.get_by_text("Examples: real MNIST digits").first.wait_for()
+    text = page.locator("body").inner_text()
+    digits, photos = text.find("Examples: real MNIST digits"), text.find("Photos (scikit-image)")
+    assert 0 <= digits < photos
+    assert "the offline starter models know only digits" in text[photos:photos + 200]
 
-    label = page.locator("#classify-label")
+
+def test_classify_an_example_digit(page, artifacts):
+    open_tab(page, "Classify")
+    pick_example(page, "mnist-digit-3")
+    page.get_by_role("button", name="Classify", exact=True).click()
     try:
         page.wait_for_function(
-            "() => /\\b[0-9]\\b[\\s\\S]*%/.test(document.querySelector('#classify-label')?.innerText ?? '')",
-            timeout=TIMEOUT_MS,
-        )
+            "() => /\\b[0-9]\\b[\\s\\S]*%/.test(document.querySelector('#classify-label')?.innerText ?? '')")
     finally:
-        page.screenshot(path=str(artifacts / "classify-result.png"), full_page=True)
-    assert re.search(r"^[0-9]$", label.inner_text(), re.MULTILINE) and "%" in label.inner_text()
+        shoot(page, artifacts, "tab-classify-done")
+    label = page.locator("#classify-label").inner_text()
+    assert re.search(r"^[0-9]$", label, re.MULTILINE) and "%" in label
+    assert "centred and scaled the way MNIST digits are" in page.locator("#classify-info").inner_text()
 
 
-def test_the_page_raised_no_uncaught_errors(browser_page):
-    _, errors = browser_page
-    assert errors == []
+def test_a_photo_sent_to_a_digit_model_gets_a_clear_notice(page, artifacts):
+    open_tab(page, "Classify")
+    pick_example(page, "chelsea")
+    page.get_by_role("button", name="Classify", exact=True).click()
+    info = page.locator("#classify-info")
+    page.wait_for_function("() => (document.querySelector('#classify-info')?.innerText ?? '').includes('photo')")
+    shoot(page, artifacts, "tab-classify-photo-on-digit-model")
+    assert "This looks like a photo, not a digit" in info.inner_text()
+    assert "says nothing about the photo" in info.inner_text()
+    assert any("This looks like a photo" in t for t in toast_texts(page))
 
+
+def test_an_error_stays_readable_until_the_visitor_closes_it(page, artifacts):
+    open_tab(page, "Classify")
+    page.get_by_role("button", name="Classify", exact=True).click()  # no image
+    page.get_by_test_id("toast-text").first.wait_for()
+    time.sleep(15)  # Gradio's default hid errors after 10 s, leaving a bare "Error" badge
+    shoot(page, artifacts, "tab-classify-error")
+    assert any(t.startswith("no image: upload one") for t in toast_texts(page))
+    page.get_by_test_id("toast-close").first.click()
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=toast-text]').length === 0")
+
+
+def test_the_compare_chart_draws_each_bar_at_its_table_value(page, artifacts):
+    open_tab(page, "Compare")
+    pick_example(page, "mnist-digit-7")
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.locator("#compare-chart svg .mark-rect path").first.wait_for()
+    shoot(page, artifacts, "tab-compare-done")
+
+    # The table as the visitor reads it: a header row, then one measure per row, a cell per line.
+    cells = [c.strip() for c in page.locator("#compare-timings").inner_text().splitlines() if c.strip()]
+    start = cells.index("measure")
+    headers, body = cells[start:start + 3], cells[start + 3:]
+    rows = [body[i:i + 3] for i in range(0, len(body) - len(body) % 3, 3)]
+    value = {(headers[i], row[0]): row[i] for row in rows for i in range(1, len(headers))}
+    models = headers[1:]
+    assert models == ["ResNet-18 (starter digits)", "ResNet-50 (starter digits)"]
+
+    y = axes(page, "#compare-chart")["y"]
+    assert all(is_number(t) for t in labels(y)) and len(y) >= 2
+    bars = page.locator("#compare-chart svg .mark-rect path").evaluate_all(
+        "ps => ps.map(p => ({label: p.getAttribute('aria-label'), top: p.getBoundingClientRect().top,"
+        " bottom: p.getBoundingClientRect().bottom}))")
+    assert len(bars) == 6  # p10, median and p90 for each model, side by side
+    pixel = 2 * abs(value_at(y, y[0]["at"] + 1) - value_at(y, y[0]["at"]))  # what 2 px of the axis are worth
+    for bar in bars:
+        which = re.search(r"statistic: ([AB]) (p10|median|p90);", bar["label"])
+        model, stat = models["AB".index(which[1])], which[2]
+        assert (model, f"{stat} (ms)") in value, (headers, rows)
+        table_ms = float(value[(model, f"{stat} (ms)")].replace(",", ""))
+        assert value_at(y, bar["bottom"]) == pytest.approx(0, abs=pixel)  # every bar starts at 0: none is stacked
+        assert value_at(y, bar["top"]) == pytest.approx(table_ms, rel=0.02, abs=pixel)
+
+
+def test_compare_without_an_image_is_a_readable_error(page, artifacts):
+    open_tab(page, "Compare")
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.get_by_test_id("toast-text").first.wait_for()
+    shoot(page, artifacts, "tab-compare-error")
+    assert any(t.startswith("no image") for t in toast_texts(page))
+
+
+def test_finetune_without_data_is_a_readable_error(page, artifacts):
+    open_tab(page, "Fine-tune")
+    page.locator("#finetune-start").click()
+    page.get_by_test_id("toast-text").first.wait_for()
+    shoot(page, artifacts, "tab-fine-tune-error")
+    assert any(t.startswith("no data: upload a .zip") for t in toast_texts(page))
+
+
+def train_in_the_browser(page, artifacts, data: Path, *, epochs: int = 4, shot: str | None = None) -> str:
+    """Upload a zip on the Fine-tune tab, leave the name empty, press Start; the final status text."""
+    open_tab(page, "Fine-tune")
+    upload = page.locator("#finetune-zip input[type=file]")
+    if upload.count():  # else the zip of the last run is still there: train on it again
+        upload.set_input_files(str(data))
+        page.wait_for_function("() => !document.querySelector('#finetune-zip input[type=file]')")
+    page.locator("#finetune-epochs input").fill(str(epochs))
+    page.locator("#finetune-start").click()
+    start = page.locator("#finetune-start")
+    page.wait_for_function("() => /step \\d+\\/\\d+/.test(document.querySelector('#finetune-status')?.innerText ?? '')",
+                           timeout=TRAIN_TIMEOUT_MS)
+    if shot:
+        shoot(page, artifacts, shot)
+    # While it runs, Start says so (it is not silently ignored) and no overlay hides the plots or inputs.
+    running = start.is_disabled(), start.inner_text()
+    page.wait_for_function("() => (document.querySelector('#finetune-status')?.innerText ?? '').includes('Saved as')",
+                           timeout=TRAIN_TIMEOUT_MS)
+    page.wait_for_function("() => !document.querySelector('#finetune-start').disabled")
+    assert running[0] and "Training" in running[1]
+    return page.locator("#finetune-status").inner_text()
+
+
+def test_finetune_draws_its_curves_saves_without_overwriting_and_lists_the_model_after_a_reload(
+        page, artifacts, running_app, tmp_path):
+    data = colour_zip(tmp_path / "colours.zip", per_class=30)
+    first = train_in_the_browser(page, artifacts, data, shot="tab-fine-tune-running")
+    page.locator("#accuracy-plot svg .mark-line path").first.wait_for()
+    shoot(page, artifacts, "tab-fine-tune-done")
+    assert "Saved as colours-resnet18" in first
+
+    # The curves: two plots, each with few numeric ticks on both axes and lines actually drawn.
+    for plot, series in (("#loss-plot", 1), ("#accuracy-plot", 2)):
+        drawn = axes(page, plot)
+        for which in ("x", "y"):
+            ticks = labels(drawn[which])
+            assert ticks and all(is_number(t) for t in ticks), (plot, which, ticks)
+            # A numeric scale: few ticks, evenly spaced in value (categories would list every raw value).
+            values = [float(t.replace(",", "")) for t in ticks]
+            steps = {round(b - a, 9) for a, b in zip(values, values[1:])}
+            assert len(ticks) <= 20 and len(steps) == 1, (plot, which, " ".join(ticks))
+        lines = drawn_lines(page, plot)
+        assert len(lines) == series and all(line["points"] >= 2 for line in lines), (plot, lines)
+        assert all(line["stroke"] not in ("", "none") for line in lines), (plot, lines)
+        assert len(set(line["stroke"] for line in lines)) == series  # one colour per series
+        assert len(legend_entries(page, plot)) == series
+    accuracy_ticks = [float(t) for t in labels(axes(page, "#accuracy-plot")["y"])]
+    assert min(accuracy_ticks) == 0 and max(accuracy_ticks) == 1
+
+    # The card in the download names the base by name, never by its path on the server.
+    href = page.locator("#finetune-download a").first.get_attribute("href")
+    archive = zipfile.ZipFile(io.BytesIO(page.request.get(href).body()))
+    card = next(archive.read(n).decode() for n in archive.namelist() if n.endswith("README.md"))
+    assert "starter-resnet18-mnist" in card
+    assert str(running_app.home) not in card and not re.search(r"(^|[\s|(`])/(tmp|root|home|srv)/", card)
+
+    # A second run with no name gets a name of its own.
+    second = train_in_the_browser(page, artifacts, data, epochs=2)
+    assert "Saved as colours-resnet18-2" in second
+    stored = {p.name for p in (running_app.home / "models").iterdir()}
+    assert {"colours-resnet18", "colours-resnet18-2"} <= stored
+
+    page.reload(wait_until="domcontentloaded")
+    page.locator("#weights-banner").wait_for()
+    for selector, tab in zip(CHOOSERS, ["Classify", "Compare", "Compare", "Fine-tune", "Fine-tune"]):
+        open_tab(page, tab)
+        if not page.locator(selector).is_visible():  # the push chooser sits in a closed accordion
+            page.get_by_text("Push to the Hugging Face Hub").click()
+        listed = chooser_options(page, selector)
+        assert {"colours-resnet18 (fine-tuned here)", "colours-resnet18-2 (fine-tuned here)"} <= set(listed), selector
+
+    # ...and typed by its name, it serves.
+    open_tab(page, "Classify")
+    page.locator("#classify-model input").fill("colours-resnet18-2")
+    page.keyboard.press("Enter")
+    pick_example(page, "chelsea")
+    page.get_by_role("button", name="Classify", exact=True).click()
+    page.wait_for_function("() => (document.querySelector('#classify-info')?.innerText ?? '').includes('colours-resnet18-2')")
+    assert {"red", "blue"} & set(page.locator("#classify-label").inner_text().split())
+
+
+def test_the_page_raised_no_uncaught_errors(browser):
+    assert browser.page_errors == []
