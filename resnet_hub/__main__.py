@@ -279,7 +279,7 @@ def _registry(args: argparse.Namespace, choices: Sequence[str]):
         if note:
             print(f"note: {note}", file=sys.stderr)
             bar = _StarterBar(enabled=not args.json)
-            registry.starters.wait(choice.strip(), bar)
+            registry.starters.wait(choice.strip(), bar, only=True)
             bar.close()
     return registry
 

@@ -102,6 +102,7 @@ class StarterBuilds:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._first: str | None = None
+        self._wanted: set[str] = set()
         self.builds = {arch: self._from_store(arch) for arch in STARTER_ARCHS}
 
     @staticmethod
@@ -126,9 +127,10 @@ class StarterBuilds:
     def status_text(self) -> str:
         return " · ".join(b.describe() for b in self.builds.values())
 
-    def start(self, first: str | None = None) -> None:
-        """Train every starter not yet stored, ``first`` first, in a background thread."""
+    def start(self, first: str | None = None, *, only: bool = False) -> None:
+        """Train every starter not yet stored (``only``: just ``first``), ``first`` first, in a background thread."""
         with self._lock:
+            self._wanted |= {first} if only and first else set(self.builds)
             for arch, build in self.builds.items():
                 if build.state == "ready" and not is_model_folder(starter_folder(arch)):
                     self.builds[arch] = StarterBuild(arch)  # deleted from the store since: train it again
@@ -142,7 +144,8 @@ class StarterBuilds:
 
     def _next(self) -> StarterBuild | None:
         with self._lock:
-            pending = sorted((b for b in self.builds.values() if not b.done.is_set()), key=lambda b: b.arch != self._first)
+            pending = sorted((b for b in self.builds.values() if not b.done.is_set() and b.arch in self._wanted),
+                             key=lambda b: b.arch != self._first)
             if not pending:
                 self._thread = None  # checked and cleared under the lock: a later start() begins a new thread
             return pending[0] if pending else None
@@ -164,11 +167,15 @@ class StarterBuilds:
             finally:
                 build.done.set()
 
-    def wait(self, arch: str, on_progress: Callable[[StarterBuild], None] | None = None, poll_s: float = 0.5) -> None:
-        """Return once ``arch``'s starter is stored, training it first if no one has."""
+    def wait(self, arch: str, on_progress: Callable[[StarterBuild], None] | None = None, poll_s: float = 0.5,
+             *, only: bool = False) -> None:
+        """Return once ``arch``'s starter is stored, training it first if no one has.
+
+        ``only``: train just this one (the CLI, which exits when it has its answer).
+        """
         build = self.builds[arch]
         if build.state != "ready" or not is_model_folder(starter_folder(arch)):
-            self.start(first=arch)
+            self.start(first=arch, only=only)
             build = self.builds[arch]
         while not build.done.wait(poll_s):
             if on_progress is not None:

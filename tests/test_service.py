@@ -132,8 +132,9 @@ def tiny_recipe(home, monkeypatch):
     builds = StarterBuilds()
     yield builds
     # The background thread goes on to the next starter: let it finish while this test's store is set.
-    for arch in store.STARTER_ARCHS:
-        builds.builds[arch].done.wait(120)
+    thread = builds._thread
+    if thread is not None:
+        thread.join(120)
 
 
 def test_starters_build_in_the_background_with_progress_and_say_how_long_they_took_here(tiny_recipe):
@@ -152,6 +153,17 @@ def test_starters_build_in_the_background_with_progress_and_say_how_long_they_to
     assert re.search(r"ResNet-18 starter: ready .* · ResNet-50 starter: ready", builds.status_text())
     # A fresh registry finds them stored: nothing to build, and the banner says what they measured.
     assert not StarterBuilds().building
+
+
+def test_the_cli_trains_only_the_starter_it_asked_for(tiny_recipe):
+    builds = tiny_recipe
+    builds.wait("resnet50", only=True)
+    thread = builds._thread
+    if thread is not None:
+        thread.join(60)
+    assert store.is_model_folder(store.starter_folder("resnet50"))
+    assert not store.is_model_folder(store.starter_folder("resnet18"))
+    assert builds.builds["resnet18"].state == "queued"
 
 
 def test_a_starter_deleted_from_the_store_is_built_again(tiny_recipe):
