@@ -384,7 +384,11 @@ def _print_notes(notes: Sequence[str], args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
     import warnings
+
+    # The service logs for the app's operator; here the same facts reach the user as "note:" lines.
+    logging.getLogger("resnet_hub.service").setLevel(logging.ERROR)
 
     parser = build_parser()
     args = parser.parse_args(argv)
