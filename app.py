@@ -503,7 +503,10 @@ def launch_options() -> dict:
     """What `python app.py` passes to launch(); the tests start the app with the same."""
     from resnet_hub.store import store_root
 
-    return {"max_file_size": MAX_FILE_SIZE, "show_error": True, "allowed_paths": [str(store_root() / "examples")]}
+    # ssr_mode=False on every path (a Space sets GRADIO_SSR_MODE=true): Gradio 6.27-6.31's SSR Node proxy
+    # reaches the server from loopback, so a forged "Host: localhost" passed its local-request check.
+    return {"max_file_size": MAX_FILE_SIZE, "show_error": True, "allowed_paths": [str(store_root() / "examples")],
+            "ssr_mode": False}
 
 
 if __name__ == "__main__":

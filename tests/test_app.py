@@ -112,6 +112,12 @@ def test_banner_says_the_imagenet_weights_are_unreachable_and_starters_serve(run
     assert httpx.get(running_app.url, timeout=10).status_code == 200
 
 
+def test_server_side_rendering_is_off_even_where_the_environment_asks_for_it(running_app, monkeypatch):
+    monkeypatch.setenv("GRADIO_SSR_MODE", "true")  # what a Space sets
+    assert running_app.module.launch_options()["ssr_mode"] is False
+    assert running_app.module.demo.ssr_mode is False
+
+
 def test_every_event_is_a_named_api_endpoint(running_app):
     api = running_app.client.view_api(return_format="dict", print_info=False)
     assert set(api["named_endpoints"]) == ENDPOINTS
