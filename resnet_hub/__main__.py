@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain even if already stored")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(run=_starter)
+
+    from .lab_cli import add_why_residual_parser
+
+    add_why_residual_parser(sub)
     return parser
 
 

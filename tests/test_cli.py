@@ -24,7 +24,7 @@ from .conftest import ARCHS, randomize_batchnorm
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = [f"class {i}" for i in range(10)]
-COMMANDS = ["classify", "compare", "bench", "finetune", "starter"]
+COMMANDS = ["classify", "compare", "bench", "finetune", "starter", "why-residual"]
 
 
 def run_in_process(capsys, *argv: object) -> tuple[int, str, str]:
@@ -81,6 +81,8 @@ def test_python_m_resnet_hub_help_lists_every_command():
         ("finetune", ["--data", "--base", "--out", "--overwrite", "--epochs", "--lr", "--batch-size", "--freeze",
                       "--image-size", "--push-to", "--device", "--precision", "--json"]),
         ("starter", ["--archs", "--force", "--json"]),
+        ("why-residual", ["degradation", "gradients", "plain-vs-resnet", "--depths", "--epochs", "--seeds", "--live",
+                          "--cached", "--no-cache", "--json"]),
     ],
 )
 def test_each_command_help_exits_0_and_documents_its_flags(command, flags, capsys):
@@ -305,3 +307,14 @@ def test_help_does_not_import_torch():
                                 cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip().endswith("heavy: []"), (argv, result.stdout[-300:])
+
+
+def test_why_residual_runs_through_main_and_bad_depths_are_one_error_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("RESNET_HUB_HOME", str(tmp_path))
+    code, out, err = run_in_process(capsys, "why-residual", "gradients", "--depths", "8", "--width", "2",
+                                    "--batch-size", "16", "--json")
+    assert code == 0, err
+    nets = json.loads(out)["gradients"]["nets"]
+    assert {n["net"] for n in nets} == {"plain-8", "resnet-8"} and len(nets) == 8
+    code, out, err = run_in_process(capsys, "why-residual", "degradation", "--depths", "20", "21")
+    assert code == 2 and out == "" and err.startswith("error: ") and "6n+2" in err and len(err.splitlines()) == 1

@@ -1,0 +1,44 @@
+"""The lab's results kept in the model store: ``<store>/lab/<experiment>.json``, the last completed run of each."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+from ..store import store_root
+from .results import GradientResult, Result, TrainingResult
+from .settings import LabError, check_experiment
+
+
+def cache_path(experiment: str) -> Path:
+    check_experiment(experiment)
+    return store_root() / "lab" / f"{experiment}.json"
+
+
+def save_cached(result: Result) -> Path:
+    """Write ``result`` as the experiment's cached JSON: to a temporary name, then renamed over the old one."""
+    if result.stopped:
+        raise LabError(f"the {result.experiment} run was stopped: only completed runs are kept")
+    path = cache_path(result.experiment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(json.dumps(result.to_dict(), indent=1, allow_nan=False), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_cached(experiment: str) -> Result | None:
+    """The last completed result of ``experiment`` kept in the store, or None (never run, or the file is unreadable)."""
+    path = cache_path(experiment)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if d.get("experiment") != experiment or d.get("stopped"):
+            return None
+        return (GradientResult if experiment == "gradients" else TrainingResult).from_dict(d)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
