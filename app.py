@@ -64,7 +64,7 @@ def _with_input_note(info: str, note: str) -> str:
     """A photo sent to a digit model is said first and loudly; other notes follow the timing."""
     if note.startswith(PHOTO_TO_DIGITS):
         gr.Warning(note, duration=None)
-        return f"⚠️ **{note}.**\n\n{info}"
+        return f"**{note}.**\n\n{info}"
     return f"{info} · {note}" if note else info
 
 
@@ -339,6 +339,173 @@ def push(model_choice, repo_id, token_text, oauth_token: gr.OAuthToken | None = 
     return f"Pushed: {url}"
 
 
+# -- Why residual? ----------------------------------------------------------
+
+LAB_TEXT = {
+    "degradation": (
+        "**The degradation problem.** Plain and residual nets of two depths, trained with one recipe on the bundled "
+        "MNIST sample. *Look for:* the deeper **plain** net ends with the **higher** training error (so it is not "
+        "over-fitting: it fits its own training digits worse), while the deeper **residual** net ends no worse "
+        "than the shallower one. Curves: the running training error, per net, mean over the seeds."),
+    "gradients": (
+        "**Gradients at initialisation.** One real batch through each net, untrained. Each line is the size of the "
+        "gradient that reaches a block's output, from the input (left) to the output (right), on a log scale. "
+        "*Look for:* with the naive initialisation and no BatchNorm, the plain net's gradient falls by orders of "
+        "magnitude towards the input (it vanishes); Kaiming's initialisation and BatchNorm keep its scale; the "
+        "shortcuts carry it through the depth."),
+    "plain-vs-resnet": (
+        "**A plain CNN against a ResNet** on the same digits and recipe, the comparison of the MNIST lesson. "
+        "*Look for:* which reaches the higher validation accuracy, with how many parameters."),
+}
+LAB_LIVE = None  # None: resnet_hub.lab.LIVE_SETTINGS (the tests shorten it)
+
+
+def _lab_series(experiment: str, settings) -> tuple[str, ...]:
+    if experiment == "degradation":
+        return tuple(f"{f}-{d}" for d in sorted(settings.depths) for f in ("plain", "resnet"))
+    return ("cnn", f"resnet-{settings.resnet_depth}")
+
+
+def lab_training_curves(result) -> pd.DataFrame | None:
+    """Running training error per logged step, averaged over the seeds of each net."""
+    by_point: dict[tuple[str, int], list[float]] = {}
+    for run in result.runs:
+        for step, error in zip(run.steps, run.step_error):
+            if error is not None:
+                by_point.setdefault((run.net, step), []).append(error)
+    rows = [(step, net, sum(v) / len(v)) for (net, step), v in sorted(by_point.items(), key=lambda kv: kv[0][1])]
+    frame = _curve_frame(rows, "training error", _lab_series(result.experiment, result.settings))
+    return None if frame is None else frame.rename(columns={"images": "step", "series": "net"})
+
+
+def lab_gradient_curves(result) -> pd.DataFrame | None:
+    """log10 of the gradient reaching each block's output, for every variant at the deepest depth measured."""
+    import math
+
+    deepest = max(n.depth for n in result.nets) if result.nets else None
+    rows = []
+    for n in result.nets:
+        if n.depth != deepest:
+            continue
+        label = f"{n.net}, {'BN' if n.batchnorm else 'no BN'}, {n.init} init"
+        rows += [(i, label, math.log10(v) if v else float("nan")) for i, v in enumerate(n.signal_norms)
+                 if v is None or v > 0]
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows, columns=["block", "variant", "log10 gradient"])
+    return frame.astype({"block": "int64", "variant": "str", "log10 gradient": "float64"})
+
+
+def _lab_caption(experiment: str, result) -> str:
+    """What was measured (when, where, how) and its numbers: shown under the picture, full width."""
+    if result is None:
+        return (f"_No completed run is kept yet: run `python -m resnet_hub why-residual {experiment}` "
+                f"(the full version), or a short one live below._")
+    env = result.environment
+    measured = (f"Measured {env.get('date', '?')} on {env.get('cpu', env.get('device', '?'))}, "
+                f"torch {env.get('torch', '?')}, {result.seconds:.0f} s.")
+    if result.experiment == "gradients":
+        table = "| net | BN | init | gradient, stem / last block | forward pass |\n|---|---|---|---|---|\n" + "\n".join(
+            f"| {r['net']} | {r['batchnorm']} | {r['init']} | {_sci(r['signal first/last'])} | {r['forward']} |"
+            for r in result.table())
+        return f"{measured}\n\n{table}"
+    rows = "\n".join(f"| {r['net']} | {r['layers']} | {r['parameters']:,} | {_pct(r['train error (mean)'])} "
+                     f"({_pct(r['train error (min)'])}-{_pct(r['train error (max)'])}) | {_pct(r['val accuracy (mean)'])} |"
+                     for r in result.summary())
+    table = ("| net | layers | parameters | final training error, mean (range over seeds) | validation accuracy |\n"
+             "|---|---|---|---|---|\n" + rows)
+    verdicts = "".join(f"\n- {'**holds**' if o['holds'] else '**does not hold**'}: {o['claim']}" for o in result.orderings())
+    recipe = result.settings.recipe
+    how = (f"Recipe for every net: SGD momentum {recipe.momentum}, lr {recipe.warmup_lr} for {recipe.warmup_epochs} "
+           f"epoch then {recipe.lr} with cosine decay, batch {recipe.batch_size}, {recipe.epochs} epochs; width "
+           f"{result.settings.width}; seeds {', '.join(map(str, result.settings.seeds))}.")
+    return f"{measured} {how}\n\n{table}\n{verdicts}"
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+def _sci(v) -> str:
+    return "-" if v is None else f"{v:.1e}"
+
+
+def lab_cached():
+    """The last completed result of each experiment, as pictures and text: read on every page load."""
+    from resnet_hub.lab import load_cached
+
+    out = []
+    for experiment in ("degradation", "gradients", "plain-vs-resnet"):
+        result = load_cached(experiment)
+        if experiment == "gradients":
+            out += [lab_gradient_curves(result) if result else None, _lab_caption(experiment, result)]
+        else:
+            out += [lab_training_curves(result) if result else None, _lab_caption(experiment, result)]
+
+    return tuple(out)
+
+
+def lab_live(experiment):
+    """Run the short version of one experiment, streaming its curves; Stop keeps them on the page, caches nothing."""
+    import queue
+    import threading
+
+    from resnet_hub.lab import LIVE_SETTINGS, run_experiment
+
+    settings = (LAB_LIVE or LIVE_SETTINGS)[experiment]
+    events: queue.Queue = queue.Queue()
+    stop_event = lab_runs.setdefault("stop", threading.Event())
+    stop_event.clear()
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["result"] = run_experiment(experiment, settings, on_event=events.put, stop=stop_event, cache=False)
+        except Exception as e:  # noqa: BLE001 - the visitor hears of any failure; the app keeps serving
+            outcome["error"] = e
+        finally:
+            events.put(None)
+
+    threading.Thread(target=work, name="lab-live", daemon=True).start()
+    status, last = f"Running the short {experiment} experiment…", None
+    while (event := events.get()) is not None:
+        last = event
+        if event.kind in ("step", "epoch", "net", "start") and events.qsize() < 2:
+            status = f"**{event.progress:.0%}** · {event.message}"
+            yield _lab_live_picture(experiment, event.result), status
+    if "error" in outcome:
+        raise _user_error(outcome["error"])
+    result = outcome["result"]
+    if result.stopped:
+        status = f"**Stopped** at {last.progress:.0%}: the curves so far stay here; nothing is kept."
+    else:
+        status = f"**Done** in {result.seconds:.0f} s (the short version; the full one is above)."
+        if experiment != "gradients":
+            status += "".join(f"\n- {'**holds**' if o['holds'] else '**does not hold**'}: {o['claim']}" for o in result.orderings())
+    yield _lab_live_picture(experiment, result), status
+
+
+def _lab_live_picture(experiment, result):
+    if experiment == "gradients":  # seconds long; its variants are drawn together at the end (one colour domain)
+        return lab_gradient_curves(result) if result.stopped or len(result.nets) == _gradient_variants(result) \
+            else gr.skip()
+    return lab_training_curves(result)
+
+
+def _gradient_variants(result) -> int:
+    return len(result.settings.depths) * 2 * 2 * 2  # plain/residual x BatchNorm or not x naive/Kaiming init
+
+
+lab_runs: dict = {}
+
+
+def lab_stop():
+    event = lab_runs.get("stop")
+    if event is not None:
+        event.set()
+        gr.Info("Stopping at the next step; the curves so far stay, nothing is kept.")
+
+
 # -- About ------------------------------------------------------------------
 
 
@@ -489,11 +656,60 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
         stop_btn.click(stop, [job_id], None, api_name="stop_finetune", queue=False)
         push_btn.click(push, [push_model, repo_id, token], [push_result], api_name="push")
 
+    with gr.Tab("Why residual?", id="why-residual"):
+        gr.Markdown("Why shortcuts `H(x) = F(x) + x`? Three experiments on this project's own blocks "
+                    "(He et al. 2015, arXiv:1512.03385, section 4.2: CIFAR-style nets of 6n+2 layers), "
+                    "each shown as last completed here, with when, where and how it was measured.")
+        lab_outputs = []
+        for experiment, title in (("degradation", "Degradation: deeper plain nets train worse"),
+                                  ("gradients", "Vanishing gradients at initialisation"),
+                                  ("plain-vs-resnet", "Plain CNN vs ResNet")):
+            with gr.Row():
+                if experiment == "gradients":
+                    plot = gr.LinePlot(None, x="block", y="log10 gradient", color="variant", title=title,
+                                       x_title="block (input to output)", y_title="log10 |gradient|", height=300,
+                                       elem_id=f"lab-{experiment}-plot", scale=2)
+                else:
+                    plot = gr.LinePlot(None, x="step", y="training error", color="net", title=title,
+                                       x_title="training step", y_title="training error", y_lim=[0, 1], height=300,
+                                       elem_id=f"lab-{experiment}-plot", scale=2)
+                gr.Markdown(LAB_TEXT[experiment], elem_id=f"lab-{experiment}-look-for")
+            text = gr.Markdown(elem_id=f"lab-{experiment}-text")
+            lab_outputs += [plot, text]
+        gr.Markdown("### Run a short version live")
+        with gr.Row():
+            lab_experiment = gr.Radio(["degradation", "gradients", "plain-vs-resnet"], value="gradients",
+                                      label="Experiment", elem_id="lab-experiment")
+            lab_run = gr.Button("Run", variant="primary", elem_id="lab-run")
+            lab_stop_btn = gr.Button("Stop", variant="stop", elem_id="lab-stop")
+        lab_status = gr.Markdown(elem_id="lab-status")
+        lab_live_plot = gr.LinePlot(None, x="step", y="training error", color="net", title="Live",
+                                    x_title="training step", y_title="training error", height=300,
+                                    elem_id="lab-live-plot")
+        lab_live_gradients = gr.LinePlot(None, x="block", y="log10 gradient", color="variant", title="Live",
+                                         x_title="block (input to output)", y_title="log10 |gradient|", height=300,
+                                         elem_id="lab-live-gradients", visible=False)
+
+        def _lab_pick(experiment):
+            return gr.LinePlot(visible=experiment != "gradients"), gr.LinePlot(visible=experiment == "gradients")
+
+        lab_experiment.change(_lab_pick, lab_experiment, [lab_live_plot, lab_live_gradients], api_name=False,
+                              queue=False)
+
+        def _lab_run(experiment):
+            for picture, text in lab_live(experiment):
+                yield ((gr.skip(), picture) if experiment == "gradients" else (picture, gr.skip())) + (text,)
+
+        lab_run.click(_lab_run, lab_experiment, [lab_live_plot, lab_live_gradients, lab_status], api_name="why_residual",
+                      concurrency_limit=1, concurrency_id="lab", show_progress="minimal")
+        lab_stop_btn.click(lab_stop, None, None, api_name="stop_why_residual", queue=False)
+
     with gr.Tab("About", id="about"):
         gr.Markdown(about_markdown())
 
     demo.load(on_page_load, None, [banner, banner_timer, model, model_a, model_b, base, push_model],
               api_name=False, queue=False)
+    demo.load(lab_cached, None, lab_outputs, api_name=False, queue=False)
     banner_timer.tick(on_banner_tick, None, [banner, banner_timer], api_name=False, queue=False, show_progress="hidden")
 
 demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CLASSIFY_CONCURRENCY)

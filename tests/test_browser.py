@@ -9,6 +9,7 @@ Screenshots of every tab (idle, running, done, error) land in test-artifacts/.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -352,3 +353,67 @@ def test_finetune_draws_its_curves_saves_without_overwriting_and_lists_the_model
 
 def test_the_page_raised_no_uncaught_errors(browser):
     assert browser.page_errors == []
+
+
+# -- Why residual? ---------------------------------------------------------------------------------
+
+
+def tiny_lab_settings():
+    from resnet_hub.lab import DegradationSettings, GradientSettings, PlainVsResNetSettings, Recipe
+
+    recipe = Recipe(epochs=2, batch_size=32, train_limit=128, warmup_epochs=0.5)
+    return {
+        "degradation": DegradationSettings(depths=(8, 14), width=2, seeds=(0,), recipe=recipe),
+        "gradients": GradientSettings(depths=(8, 14), width=4, batch_size=16, seed=0),
+        "plain-vs-resnet": PlainVsResNetSettings(resnet_depth=8, width=2, cnn_channels=(4, 8), seeds=(0,),
+                                                 recipe=recipe),
+    }
+
+
+def points_drawn(page, plot: str) -> int:
+    return sum(line["points"] for line in drawn_lines(page, plot) if line["stroke"] not in ("", "none"))
+
+
+def test_why_residual_shows_the_cached_results_and_runs_a_live_one(browser, running_app, artifacts, monkeypatch):
+    from resnet_hub.lab import cache_path, run_experiment
+
+    tiny = tiny_lab_settings()
+    for experiment, settings in tiny.items():  # what `python -m resnet_hub why-residual all` leaves, but tiny
+        run_experiment(experiment, settings, device="cpu")
+    monkeypatch.setattr(running_app.module, "LAB_LIVE", {
+        **tiny, "degradation": dataclasses.replace(tiny["degradation"],
+                                                   recipe=dataclasses.replace(tiny["degradation"].recipe, epochs=6))})
+    page = browser.new_page()
+    page.on("pageerror", lambda error: browser.page_errors.append(str(error)))
+    page.goto(running_app.url, wait_until="domcontentloaded")
+    open_tab(page, "Why residual?")
+
+    # The cached results, drawn at once: every series a line with a colour, and what was measured said beside it.
+    for experiment, series in (("degradation", 4), ("gradients", 8), ("plain-vs-resnet", 2)):
+        plot = f"#lab-{experiment}-plot"
+        page.locator(f"{plot} svg .mark-line path").first.wait_for()
+        lines = [line for line in drawn_lines(page, plot) if line["stroke"] not in ("", "none")]
+        assert len(lines) == series and all(line["points"] >= 2 for line in lines), (experiment, lines)
+        assert "Look for:" in page.locator(f"#lab-{experiment}-look-for").inner_text()
+        assert "Measured" in page.locator(f"#lab-{experiment}-text").inner_text()
+    assert "plain-14 trains worse than plain-8" in page.locator("#lab-degradation-text").inner_text()
+    shoot(page, artifacts, "tab-why-residual-idle")
+
+    # A live run: its curve grows as it trains, and Stop keeps what was drawn, caching nothing.
+    cached_before = cache_path("degradation").read_bytes()
+    page.locator("#lab-experiment").get_by_role("radio", name="degradation", exact=True).check()
+    page.locator("#lab-run").click()
+    page.wait_for_function("() => /\\d+%/.test(document.querySelector('#lab-status')?.innerText ?? '')")
+    page.wait_for_function("() => document.querySelectorAll('#lab-live-plot svg .mark-line path').length > 0")
+    first = points_drawn(page, "#lab-live-plot")
+    page.wait_for_function(f"""() => [...document.querySelectorAll('#lab-live-plot svg .mark-line path')]
+        .map(p => (p.getAttribute('d') || '').split(/[ML]/).filter(s => s.trim()).length)
+        .reduce((a, b) => a + b, 0) > {first + 2}""", timeout=TRAIN_TIMEOUT_MS)
+    shoot(page, artifacts, "tab-why-residual-running")
+    page.locator("#lab-stop").click()
+    page.wait_for_function("() => (document.querySelector('#lab-status')?.innerText ?? '').includes('Stopped')",
+                           timeout=TRAIN_TIMEOUT_MS)
+    shoot(page, artifacts, "tab-why-residual-stopped")
+    assert points_drawn(page, "#lab-live-plot") > first
+    assert cache_path("degradation").read_bytes() == cached_before
+    page.close()
