@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 ARCHS = ["resnet18", "resnet50"]
 DIGIT_LABELS = {str(d) for d in range(10)}
-ENDPOINTS = {"/classify", "/compare", "/finetune", "/stop_finetune", "/push"}
+ENDPOINTS = {"/classify", "/compare", "/finetune", "/stop_finetune", "/push", "/why_residual", "/stop_why_residual"}
 
 
 # --- inputs ----------------------------------------------------------------------------------
