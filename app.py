@@ -9,6 +9,7 @@ import base64
 import hashlib
 import io
 import os
+import threading
 import uuid
 import warnings
 from pathlib import Path
@@ -448,19 +449,17 @@ def lab_cached():
 def lab_live(experiment):
     """Run the short version of one experiment, streaming its curves; Stop keeps them on the page, caches nothing."""
     import queue
-    import threading
 
     from resnet_hub.lab import LIVE_SETTINGS, run_experiment
 
     settings = (LAB_LIVE or LIVE_SETTINGS)[experiment]
     events: queue.Queue = queue.Queue()
-    stop_event = lab_runs.setdefault("stop", threading.Event())
-    stop_event.clear()
+    LAB_STOP.clear()
     outcome: dict = {}
 
     def work():
         try:
-            outcome["result"] = run_experiment(experiment, settings, on_event=events.put, stop=stop_event, cache=False)
+            outcome["result"] = run_experiment(experiment, settings, on_event=events.put, stop=LAB_STOP, cache=False)
         except Exception as e:  # noqa: BLE001 - the visitor hears of any failure; the app keeps serving
             outcome["error"] = e
         finally:
@@ -496,14 +495,12 @@ def _gradient_variants(result) -> int:
     return len(result.settings.depths) * 2 * 2 * 2  # plain/residual x BatchNorm or not x naive/Kaiming init
 
 
-lab_runs: dict = {}
+LAB_STOP = threading.Event()  # one live lab run at a time (its event's concurrency_limit=1): one Stop
 
 
 def lab_stop():
-    event = lab_runs.get("stop")
-    if event is not None:
-        event.set()
-        gr.Info("Stopping at the next step; the curves so far stay, nothing is kept.")
+    LAB_STOP.set()
+    gr.Info("Stopping at the next step; the curves so far stay, nothing is kept.")
 
 
 # -- About ------------------------------------------------------------------

@@ -31,7 +31,15 @@ from .errors import ResNetHubError, SourceError, WeightsNotFoundError
 from .finetune import Event, FinetuneConfig, FinetuneResult, finetune
 from .images import load_image, looks_like_photo
 from .predict import Comparison, Prediction, Predictor, compare
-from .store import STARTER_ARCHS, build_starter, is_model_folder, local_models, model_folder, starter_folder
+from .store import (
+    STARTER_ARCHS,
+    build_starter,
+    is_model_folder,
+    local_models,
+    model_folder,
+    starter_folder,
+    stored_model,
+)
 from .hub import DEFAULT_SOURCES, resolve
 
 logger = logging.getLogger(__name__)
@@ -40,7 +48,6 @@ DISPLAY = {"resnet18": "ResNet-18", "resnet50": "ResNet-50"}
 STORE_PREFIX = "local:"
 # What a visitor may type as a model: a Hub repo id (org/name, optionally @revision), never a server path.
 _TYPED_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w.-]+)?$")
-_STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 PHOTO_TO_DIGITS = "This looks like a photo, not a digit"
 COMPARE_RUNS = 30  # timed batch-1 runs per model, interleaved, after warm-up
 _UNCHECKED = object()
@@ -275,8 +282,8 @@ class ModelRegistry:
             if not is_model_folder(folder):
                 raise ServiceError(f"{choice[len(STORE_PREFIX):]} is not in the local model store any more")
             return str(folder)
-        if _STORE_NAME.match(choice) and is_model_folder(model_folder(choice)):
-            return str(model_folder(choice))  # a store name typed without "local:", as the choosers list it
+        if (folder := stored_model(choice)) is not None:
+            return str(folder)  # a store name typed without "local:", as the choosers list it
         if self.allow_paths and ("/" in choice or choice.startswith((".", "~")) or Path(choice).expanduser().exists()):
             return choice  # the CLI's user may name any folder on their machine; load() says what is wrong with it
         # A Hub repo id typed in by the user. resolve() would also load any folder on the server,
@@ -309,9 +316,7 @@ class ModelRegistry:
         choice = choice.strip()
         if choice.startswith(STORE_PREFIX):
             return choice[len(STORE_PREFIX):]
-        if _STORE_NAME.match(choice) and is_model_folder(model_folder(choice)):
-            return choice
-        return None
+        return choice if stored_model(choice) is not None else None
 
     # -- serving ---------------------------------------------------------------
 

@@ -53,6 +53,14 @@ def model_folder(name: str) -> Path:
     return models_dir() / name
 
 
+def stored_model(name: str) -> Path | None:
+    """The store folder of the model called ``name``, or None when ``name`` is not a model in the store."""
+    if not _NAME_RE.match(name or ""):
+        return None
+    folder = models_dir() / name
+    return folder if is_model_folder(folder) else None
+
+
 def starter_name(arch: str) -> str:
     return f"starter-{arch}-mnist"
 
