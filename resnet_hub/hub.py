@@ -2,12 +2,23 @@
 
 Offline (``HF_HUB_OFFLINE=1`` or no network) Hub ids resolve from the Hugging
 Face cache. Only config and safetensors files are downloaded.
+
+Whose token a download uses, and how large a download may be, is a
+:class:`HubAccess` set around the call with :func:`access`: the library and the
+command line use huggingface_hub's own (``HF_TOKEN``, ``hf auth login``); the app
+fetches what a visitor typed anonymously or with that visitor's own OAuth token,
+never with the process's, and refuses oversize weights from the Hub's file
+metadata before a byte of them is downloaded.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SourceError, WeightsNotFoundError
@@ -23,6 +34,42 @@ DEFAULT_SOURCES = {
 }
 
 _REVISION_RE = re.compile(r"^[\w.\-/]{1,200}$")
+# ResNet-152 in fp32 is 240 MB; anything past this on a Space is not a ResNet worth serving to a visitor.
+MAX_WEIGHTS_BYTES = 500 * 10**6
+
+
+@dataclass(frozen=True)
+class HubAccess:
+    """How Hub ids are fetched: with whose token, up to what size, and what to tell someone who lacks access.
+
+    ``token``: None is huggingface_hub's own (``HF_TOKEN``, the saved login); False is anonymous;
+    a string is that token (a visitor's OAuth token). ``max_weights_bytes``: None is no limit.
+    """
+
+    token: str | bool | None = None
+    max_weights_bytes: int | None = None
+    login_hint: str = "log in with `hf auth login`"
+
+
+_ACCESS: contextvars.ContextVar[HubAccess] = contextvars.ContextVar("resnet_hub_access", default=HubAccess())
+
+
+@contextmanager
+def access(hub_access: HubAccess) -> Iterator[HubAccess]:
+    """Fetch Hub ids with ``hub_access`` inside the block (this thread or task only).
+
+    >>> with access(HubAccess(token=False, max_weights_bytes=MAX_WEIGHTS_BYTES)):   # doctest: +SKIP
+    ...     load("someone/resnet")          # anonymous, and refused above 500 MB
+    """
+    reset = _ACCESS.set(hub_access)
+    try:
+        yield hub_access
+    finally:
+        _ACCESS.reset(reset)
+
+
+def current_access() -> HubAccess:
+    return _ACCESS.get()
 
 
 def parse_repo_id(source: str, *, allow_revision: bool = True) -> tuple[str, str | None]:
@@ -79,18 +126,25 @@ def _download(repo_id: str, revision: str | None) -> Path:
     )
 
     where = f"{repo_id}@{revision}" if revision else repo_id
+    hub = current_access()
     try:
+        _check_weights_size(repo_id, revision, where, hub)
         folder = snapshot_download(
             repo_id,
             revision=revision,
             allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, PREPROCESSOR_NAME],
             etag_timeout=HUB_ETAG_TIMEOUT_S,
+            token=hub.token,
         )
-    except GatedRepoError:
-        raise SourceError(f"{where} is gated: accept its terms on the Hub and log in (`hf auth login`)") from None
-    except RepositoryNotFoundError:
+    except GatedRepoError as e:
+        raise SourceError(
+            f"{where} is gated: the Hub answered {_hub_said(e)!r}. Request access on "
+            f"https://huggingface.co/{repo_id}, then {hub.login_hint}"
+        ) from None
+    except RepositoryNotFoundError as e:
         raise WeightsNotFoundError(
-            f"{where} was not found on the Hub (or it is private: log in with `hf auth login`)"
+            f"{where} was not found on the Hub, or it is private (the Hub answered {_hub_said(e)!r}): check the "
+            f"name, or if it is yours, {hub.login_hint}"
         ) from None
     except RevisionNotFoundError:
         raise WeightsNotFoundError(f"{where}: no such revision on the Hub") from None
@@ -101,7 +155,52 @@ def _download(repo_id: str, revision: str | None) -> Path:
             f"`hf download {repo_id} {CONFIG_NAME} {WEIGHTS_NAME}` (it fills the cache), "
             f"or pass a local folder with those two files."
         ) from None
-    return Path(folder)
+    folder = Path(folder)
+    _refuse_oversize(where, _file_size(folder / WEIGHTS_NAME), hub.max_weights_bytes)  # the cache, offline
+    return folder
+
+
+def _check_weights_size(repo_id: str, revision: str | None, where: str, hub: HubAccess) -> None:
+    """Online: the weights' size from the Hub's file metadata, refused before any byte of them is fetched.
+
+    Asked even without a size limit: a private or gated repo is refused here, before snapshot_download
+    could fall back to a copy someone else's token left in the local cache.
+    """
+    from huggingface_hub import HfApi, is_offline_mode
+
+    if is_offline_mode():
+        return
+    import httpx2
+
+    try:
+        infos = HfApi().get_paths_info(repo_id, [WEIGHTS_NAME], revision=revision, token=hub.token)
+    except (httpx2.ConnectError, httpx2.TimeoutException):
+        return  # no network: snapshot_download resolves from the cache, and the cached file is checked after
+    for info in infos:
+        if getattr(info, "path", None) == WEIGHTS_NAME:
+            _refuse_oversize(where, getattr(info, "size", None), hub.max_weights_bytes)
+
+
+def _refuse_oversize(where: str, size: int | None, limit: int | None) -> None:
+    if limit is not None and size is not None and size > limit:
+        raise SourceError(
+            f"{where}: {WEIGHTS_NAME} is {size / 1e6:,.0f} MB, over this app's limit of {limit / 1e6:,.0f} MB "
+            f"for weights fetched from the Hub (refused before downloading). Use a smaller checkpoint "
+            f"(ResNet-50 is about 100 MB), or run resnet-hub on your own machine"
+        )
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _hub_said(error: Exception) -> str:
+    """The Hub's own words for a refusal (its X-Error-Message or error body), else huggingface_hub's first line."""
+    said = getattr(error, "server_message", None) or str(error).strip().splitlines()[0]
+    return said.strip()[:200]
 
 
 def pickle_checkpoints(folder: Path, source: str) -> list[str]:
@@ -119,7 +218,7 @@ def _remote_files(source: str) -> list[str] | None:
         return None
     try:
         repo_id, revision = parse_repo_id(DEFAULT_SOURCES.get(source, source))
-        return HfApi().list_repo_files(repo_id, revision=revision)
+        return HfApi().list_repo_files(repo_id, revision=revision, token=current_access().token)
     except Exception:  # noqa: BLE001 - only used to improve an error message
         return None
 
