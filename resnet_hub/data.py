@@ -99,6 +99,13 @@ class ImageDataset:
     name: str
     skipped: dict[str, list[str]] = field(default_factory=dict)
     kind: str = PHOTO
+    names: list[str] = field(default_factory=list)  # one per image, where it came from (e.g. the zip member)
+
+    def image_name(self, index: int) -> str:
+        """What to call image ``index`` when showing it: its member name, or its class and position."""
+        if index < len(self.names):
+            return self.names[index]
+        return f"{self.classes[self.targets[index]]} #{index}"
 
     def __len__(self) -> int:
         return len(self.images)
@@ -275,6 +282,7 @@ def _sort_members(members: list[zipfile.ZipInfo]) -> tuple[dict[str, list[zipfil
 @dataclass
 class _Found:
     images: dict[str, list[Image.Image]] = field(default_factory=dict)
+    names: dict[str, list[str]] = field(default_factory=dict)
     all_small_grayscale: bool = True
 
 
@@ -289,6 +297,7 @@ def _read_images(
     total_read = 0
     for cls, infos in by_class.items():
         found.images[cls] = []
+        found.names[cls] = []
         for info in infos:
             data = _read_member(archive, info, limits, name)
             total_read += len(data)
@@ -312,6 +321,7 @@ def _read_images(
             if limits.max_side is not None and max(image.size) > limits.max_side:
                 image.thumbnail((limits.max_side, limits.max_side), Image.Resampling.BICUBIC)
             found.images[cls].append(image)
+            found.names[cls].append(info.filename)
     return found
 
 
@@ -364,12 +374,13 @@ def _assemble(found: _Found, skipped: dict[str, list[str]], limits: ZipLimits, n
             f"{name}: {problems}; each class needs at least {limits.min_per_class}: add images or "
             f"remove the folder" + (f" ({_skipped_text(skipped)})" if skipped else "")
         )
-    images, targets = [], []
+    images, targets, names = [], [], []
     for index, cls in enumerate(classes):
         images += found.images[cls]
+        names += found.names[cls]
         targets += [index] * len(found.images[cls])
     kind = DIGITS if found.all_small_grayscale else PHOTO
-    return ImageDataset(images, targets, classes, name, skipped, kind)
+    return ImageDataset(images, targets, classes, name, skipped, kind, names)
 
 
 def _skipped_text(skipped: dict[str, list[str]]) -> str:

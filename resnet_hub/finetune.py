@@ -25,21 +25,32 @@ from torch import Tensor, nn
 
 from .data import ImageDataset, stratified_split, to_tensors
 from .errors import DataError, ResNetHubError
-from .finetune_config import OPTIMIZERS, FinetuneConfig, FinetuneError  # noqa: F401 - re-exported
+from .finetune_config import (  # noqa: F401 - re-exported
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_PRETRAINED_FREEZE,
+    FREEZE_ADVICE,
+    OPTIMIZERS,
+    SMALL_PHOTO_SET,
+    FinetuneConfig,
+    FinetuneError,
+)
 from .hardware import DTYPES, device_name, resolve_device, resolve_precision, synchronize
 from .images import eval_transform
 from .metadata import Preprocessing
+from .results import ValidationResults
 from .hub import hub_repo_id, source_label
 from .weights import HubResNet, create, load
 
 MAX_DEVICE_BYTES = 3 * 2**30  # the decoded training set kept on the device, at most
+MAX_CARD_MISTAKES = 50  # misclassified images listed in the card and config.json (the total is always given)
+MAX_CACHE_BYTES = 2 * 2**30  # cached frozen features, at most (on a GPU also at most half its free memory)
 
 
 @dataclass(frozen=True)
 class Event:
     """One report from a run: the CLI draws a progress bar from these, the app live curves."""
 
-    kind: str  # "start", "step", "epoch", "done", "stopped"
+    kind: str  # "start", "cached" (frozen features ready), "step", "epoch", "done", "stopped"
     step: int
     total_steps: int
     epoch: int
@@ -60,7 +71,8 @@ class Event:
 
 @dataclass
 class FinetuneResult:
-    """A finished (or stopped) run. ``model`` is None when it stopped: nothing to keep."""
+    """A finished or stopped run. ``model`` is None when it was cancelled, or stopped before its first step:
+    nothing to keep. A stopped run keeps its model, marked as stopped (``stopped_at``)."""
 
     model: HubResNet | None
     stopped: bool
@@ -70,6 +82,8 @@ class FinetuneResult:
     history: list[Event] = field(default_factory=list)
     images_per_s: float | None = None
     seconds: float = 0.0
+    results: ValidationResults | None = None  # per-class metrics and the misclassified images
+    stopped_at: dict[str, int] | None = None  # {"epoch", "step", "total_steps"} of a stopped run
 
     def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
         if self.model is None:
@@ -131,12 +145,17 @@ def _load_base(config: FinetuneConfig, dataset: ImageDataset, device: torch.devi
     model = load(config.base, device=device)  # a fresh copy: models serving elsewhere are never touched
     # Hub metadata links base_model to huggingface.co: only a repo id belongs there, not a local path.
     model.info.base_model = hub_repo_id(config.base)
+    previous = model.info.training.get("name")  # set when the base was fine-tuned here: this continues its training
     if model.labels != list(dataset.classes):
         old_classes = model.config.num_classes
         model.reset_head(len(dataset.classes), dataset.classes)
         model.info.notes.append(
             f"head replaced: the base's {old_classes}-class head does not match the {len(dataset.classes)} classes "
             f"of {dataset.name}, so a new one is trained from random initialisation"
+        )
+    elif previous:
+        model.info.notes.append(
+            f"continuing the training of {previous}: the same {len(dataset.classes)} classes, so its trained head is kept"
         )
     return model
 
@@ -260,19 +279,161 @@ def _epoch_indices(n: int, epoch: int, config: FinetuneConfig, world: _World) ->
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, autocast: dict, batch_size: int = 256) -> tuple[float, Tensor]:
     """(accuracy, predictions) on tensors already on the device."""
+    accuracy, probs = _val_probabilities(model, x, y, autocast, batch_size)
+    return accuracy, probs.argmax(1)
+
+
+@torch.no_grad()
+def _val_probabilities(model: nn.Module, x: Tensor, y: Tensor, autocast: dict, batch_size: int = 256) -> tuple[float, Tensor]:
+    """(accuracy, softmax probabilities (N, classes)) of ``model`` in eval mode, on tensors on the device."""
     was_training = model.training
     model.eval()
-    preds = []
+    probs = []
     for i in range(0, len(x), batch_size):
         with torch.autocast(**autocast):
-            preds.append(model(x[i : i + batch_size]).argmax(1))
+            probs.append(model(x[i : i + batch_size]).float().softmax(1))
     model.train(was_training)
-    pred = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=x.device)
-    return (pred == y).float().mean().item() if len(y) else 0.0, pred
+    prob = torch.cat(probs) if probs else torch.empty(0, 0, device=x.device)
+    return ((prob.argmax(1) == y).float().mean().item() if len(y) else 0.0), prob
 
 
 def _autocast_args(device: torch.device, precision: str) -> dict:
     return {"device_type": device.type, "dtype": DTYPES[precision], "enabled": precision != "fp32"}
+
+
+# ---------------------------------------------------------------------------
+# Defaults from the data
+
+
+def resolve_freeze(config: FinetuneConfig, dataset: ImageDataset, model: HubResNet) -> tuple[int, str]:
+    """(stages to freeze, why): the user's choice, or the default for this base and data."""
+    if config.freeze is not None:
+        return config.freeze, ""
+    if config.base.startswith("scratch:"):
+        return -1, "from scratch: every stage trains"
+    if dataset.kind != "digits" and len(dataset) < SMALL_PHOTO_SET:
+        stages = min(DEFAULT_PRETRAINED_FREEZE, len(model.stage_names) - 1)
+        return stages, f"freeze {stages} (default): {FREEZE_ADVICE}"
+    return -1, f"every stage trains (default for {'digits' if dataset.kind == 'digits' else 'a large photo set'})"
+
+
+# ---------------------------------------------------------------------------
+# Cached frozen features: the frozen stem and stages run once per view, not once per step
+
+
+class _Unfrozen(nn.Module):
+    """The trainable rest of ``model`` (the stages after the frozen ones, and the head) over cached features.
+
+    Shares the model's parameters; with frozen BatchNorm in eval mode, ``_Unfrozen(m)(frozen_features(m, x))``
+    is ``m(x)``.
+    """
+
+    def __init__(self, model: HubResNet):
+        super().__init__()
+        self.model = model  # a child: train()/eval() reach it, and its train() keeps the frozen part in eval mode
+
+    def forward(self, features: Tensor) -> Tensor:
+        model = self.model
+        if model.frozen_stages >= len(model.stage_names):
+            return model.fc(features)  # (B, C): pooled features, every stage frozen
+        for name in model.stage_names[model.frozen_stages :]:
+            features = getattr(model, name)(features)
+        return model.forward_head(features)
+
+
+@torch.no_grad()
+def frozen_features(model: HubResNet, x: Tensor, autocast: dict) -> Tensor:
+    """The frozen stem and stages' output for a batch of images: what the cache holds, in fp32.
+
+    (B, C, H, W) images -> (B, C', H', W') after the last frozen stage, or (B, C') pooled when every stage is
+    frozen (average pooling has no parameters). The one place cached features come from: a faster verified
+    engine (int8, say) plugs in here.
+    """
+    with torch.autocast(**autocast):
+        f = model.stem(x.contiguous(memory_format=torch.channels_last))
+        for name in model.stage_names[: model.frozen_stages]:
+            f = getattr(model, name)(f)
+        if model.frozen_stages >= len(model.stage_names):
+            f = torch.flatten(model.avgpool(f), 1)
+    return f.float()
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """Whether a run trains on cached frozen features, and what the cache costs."""
+
+    cached: bool
+    views: int = 0  # per training image: view 0 is the image as served, the rest augmented copies
+    feature_shape: tuple[int, ...] = ()
+    nbytes: int = 0
+    limit_bytes: int = 0
+    message: str = ""
+
+
+def plan_cache(config: FinetuneConfig, model: HubResNet, x_example: Tensor, n_train: int, n_val: int,
+               augment: str, device: torch.device, autocast: dict) -> CachePlan:
+    """Cache when the stem is frozen and the features fit in the memory bound; otherwise say why not."""
+    if not config.cache_features:
+        return CachePlan(False, message="frozen-feature cache off: the whole network runs every step")
+    if model.frozen_stages < 0:
+        return CachePlan(False)
+    was_training = model.training
+    shape = tuple(frozen_features(model.eval(), x_example[:1], autocast).shape[1:])
+    model.train(was_training)
+    views = 1 if augment == "none" else config.cached_views
+    per_view = math.prod(shape) * 4  # fp32
+    nbytes = (n_train * views + n_val) * per_view
+    limit = MAX_CACHE_BYTES
+    if device.type == "cuda":
+        limit = min(limit, torch.cuda.mem_get_info(device)[0] // 2)
+    what = (f"{n_train} training images x {views} view{'s' * (views != 1)} + {n_val} validation images of "
+            f"{'x'.join(map(str, shape))} fp32 features after {_frozen_name(model)}")
+    if nbytes > limit:
+        return CachePlan(False, views, shape, nbytes, limit,
+                         f"frozen-feature cache skipped: {what} need {_gib(nbytes)}, over the bound of {_gib(limit)}; "
+                         f"the whole network runs every step instead (fewer views or a smaller image size would fit)")
+    kind = "the image as served" + (f" + {views - 1} augmented" if views > 1 else "")
+    return CachePlan(True, views, shape, nbytes, limit,
+                     f"frozen-feature cache: {what} ({kind}), {_gib(nbytes)} of at most {_gib(limit)}; "
+                     f"only the unfrozen stages and the head run each step")
+
+
+def _frozen_name(model: HubResNet) -> str:
+    stages = model.stage_names[: model.frozen_stages]
+    return "the stem" + ("" if not stages else f" and {stages[0]}" if len(stages) == 1 else f" and {stages[0]}..{stages[-1]}")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
+
+
+def cache_features(model: HubResNet, x: Tensor, plan: CachePlan, augment: str, generator: torch.Generator,
+                   autocast: dict, should_stop: Callable[[], str], chunk: int = 64) -> list[Tensor] | str:
+    """One (N, ...) fp32 feature tensor per view, computed chunk by chunk; or the reason a stop arrived."""
+    was_training = model.training
+    model.eval()
+    views = []
+    try:
+        for v in range(plan.views):
+            out = torch.empty((len(x), *plan.feature_shape), dtype=torch.float32, device=x.device)
+            for i in range(0, len(x), chunk):
+                if reason := should_stop():
+                    return reason
+                batch = x[i : i + chunk]
+                if v > 0:
+                    batch = augment_batch(batch, augment, generator)
+                out[i : i + len(batch)] = frozen_features(model, batch, autocast)
+            views.append(out.contiguous(memory_format=torch.channels_last) if out.ndim == 4 else out)
+    finally:
+        model.train(was_training)
+    return views
+
+
+def _epoch_view(epoch: int, config: FinetuneConfig, views: int) -> int:
+    """The cached view an epoch trains on: the clean view in clean epochs, else the views in turn."""
+    if epoch >= config.epochs - config.clean_epochs:
+        return 0
+    return epoch % views
 
 
 # ---------------------------------------------------------------------------
@@ -285,11 +446,13 @@ def finetune(
     *,
     on_event: Callable[[Event], None] | None = None,
     stop: threading.Event | None = None,
+    cancel: threading.Event | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``config.base`` on ``dataset``; returns the model with its validation results.
 
-    ``stop`` (a threading.Event) or ``config.time_budget_s`` ends the run at the
-    next step; a stopped run returns no model, so no half-trained weights are saved.
+    ``stop`` (a threading.Event) or ``config.time_budget_s`` ends the run at the next step: the model is
+    validated and returned marked as stopped (epoch and step in its card). ``cancel`` ends it too and returns
+    no model. A stop before the first training step (during feature caching, say) has nothing to keep.
 
     >>> from resnet_hub.data import mnist_sample
     >>> result = finetune(mnist_sample(), FinetuneConfig(base="scratch:resnet18", epochs=1))  # doctest: +SKIP
@@ -305,50 +468,80 @@ def finetune(
     config.validate()  # before the split, which cannot take a bad val_fraction
     train_idx, val_idx = stratified_split(dataset, config.val_fraction, seed=config.seed)
     config.validate(len(train_idx))
-    if config.batch_size % world.size:
-        raise FinetuneError(f"batch size {config.batch_size} does not split evenly across {world.size} processes")
+    batch_size = config.resolved_batch_size(len(train_idx), world.size)
+    if batch_size % world.size:
+        raise FinetuneError(f"batch size {batch_size} does not split evenly across {world.size} processes")
 
     model = build_model(config, dataset, device)
-    model.freeze(config.freeze)
+    freeze, freeze_note = resolve_freeze(config, dataset, model)
+    model.freeze(freeze)
     x_train, y_train, x_val, y_val = _data_on_device(dataset, model.preprocessing, train_idx, val_idx, device)
     augment = config.augment if config.augment != "auto" else dataset.kind
     model = model.to(memory_format=torch.channels_last).train()
-    # On CPU the convolutions train as matrix products until undo_convs(), after the last step.
-    undo_convs = _train_convs_as_matmuls(model) if device.type == "cpu" else (lambda: None)
-    net: nn.Module = model
-    if world.size > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = _make_optimizer(model, config)
     autocast = _autocast_args(device, precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     generator = torch.Generator().manual_seed(config.seed + world.rank)
+    plan = plan_cache(config, model, x_train, len(train_idx), len(val_idx), augment, device, autocast)
+    # The resolved settings, as the card records them.
+    settings = dataclasses.replace(config, batch_size=batch_size, freeze=freeze)
 
-    steps_per_epoch = _steps_per_epoch(len(train_idx), config.batch_size, world)
+    steps_per_epoch = _steps_per_epoch(len(train_idx), batch_size, world)
     total_steps = steps_per_epoch * config.epochs
-    local_batch = config.batch_size // world.size
+    local_batch = batch_size // world.size
     history: list[Event] = []
 
     def report(event: Event) -> None:
         history.append(event)
         emit(event)
 
-    notes = [n for n in (precision_note, *model.info.notes) if n]
+    batch_note = "" if config.batch_size is not None else f"batch {batch_size} (default {DEFAULT_BATCH_SIZE}, clipped to the {len(train_idx)} training images)" if batch_size < DEFAULT_BATCH_SIZE else ""
+    notes = [n for n in (precision_note, *model.info.notes, freeze_note, batch_note, plan.message) if n]
     report(Event("start", 0, total_steps, 0, config.epochs, message=_start_message(dataset, model, device, precision, world, notes)))
     start = time.perf_counter()
+
+    def should_stop() -> str:
+        return _should_stop(stop, cancel, config, start, world, device)
+
+    net: nn.Module = model
+    features: list[Tensor] | None = None
+    if plan.cached:
+        cached = cache_features(model, torch.cat([x_train, x_val]), dataclasses.replace(plan), augment, generator,
+                                autocast, should_stop)
+        if isinstance(cached, str):
+            return _nothing_kept(report, history, f"{cached} while caching the frozen features", 0, total_steps, 0,
+                                 config, time.perf_counter() - start)
+        n = len(train_idx)
+        features = [view[:n] for view in cached]
+        x_val = cached[0][n:]
+        del x_train, cached  # the images are not needed again: the cache stands in for them
+        net = _Unfrozen(model)
+        report(Event("cached", 0, total_steps, 0, config.epochs, elapsed_s=time.perf_counter() - start,
+                     message=f"frozen features cached in {time.perf_counter() - start:.1f} s"))
+    # On CPU the convolutions train as matrix products until undo_convs(), after the last step.
+    undo_convs = _train_convs_as_matmuls(model) if device.type == "cpu" else (lambda: None)
+    evaluated: nn.Module = net
+    if world.size > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = _make_optimizer(model, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
     step, seen, stopped_reason = 0, 0, ""
-    val_acc = None
+    val_acc, epoch, lr = None, 0, 0.0
     for epoch in range(config.epochs):
         order = _epoch_indices(len(train_idx), epoch, config, world).to(device)
+        clean = epoch >= config.epochs - config.clean_epochs
         for i in range(steps_per_epoch):
-            stopped_reason = _should_stop(stop, config, start, world, device)
+            stopped_reason = should_stop()
             if stopped_reason:
                 break
             batch = order[i * local_batch : (i + 1) * local_batch]
             lr = lr_at(step, total_steps, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            warp = "none" if epoch >= config.epochs - config.clean_epochs else augment
-            loss, correct = _train_step(net, optimizer, scaler, x_train[batch], y_train[batch], warp, generator, autocast, config)
+            if features is not None:
+                x = features[_epoch_view(epoch, config, plan.views)][batch]
+            else:
+                x = augment_batch(x_train[batch], "none" if clean else augment, generator)
+            loss, correct = _train_step(net, optimizer, scaler, x, y_train[batch], autocast, config)
             step += 1
             seen += len(batch) * world.size
             elapsed = time.perf_counter() - start
@@ -359,7 +552,7 @@ def finetune(
             break
         message = f"epoch {epoch + 1} of {config.epochs} done"
         if config.val_every_epoch:
-            val_acc, _ = evaluate(model, x_val, y_val, autocast)
+            val_acc, _ = evaluate(evaluated, x_val, y_val, autocast)
             message = f"epoch {epoch + 1}: validation accuracy {val_acc:.2%}"
         report(Event("epoch", step, total_steps, epoch + 1, config.epochs, loss=history[-1].loss, val_accuracy=val_acc, lr=lr,
                      images_per_s=seen / (time.perf_counter() - start), message=message, images=seen))
@@ -368,21 +561,36 @@ def finetune(
     seconds = time.perf_counter() - start
     speed = seen / seconds if seconds > 0 else None
 
-    if stopped_reason:
-        report(Event("stopped", step, total_steps, epoch, config.epochs, message=f"{stopped_reason}: nothing saved"))
-        return FinetuneResult(None, True, stopped_reason, val_acc, None, history, speed, seconds)
+    if stopped_reason and (step == 0 or (cancel is not None and cancel.is_set())):
+        return _nothing_kept(report, history, stopped_reason, step, total_steps, epoch, config, seconds, speed)
 
-    val_acc, pred = evaluate(model, x_val, y_val, autocast)
-    matrix = _confusion_matrix(y_val, pred, len(dataset.classes))
-    _record_results(model, dataset, config, val_acc, matrix, len(train_idx), len(val_idx), precision, seconds)
+    val_acc, probs = _val_probabilities(evaluated, x_val, y_val, autocast)
     model.eval()
-    report(Event("done", step, total_steps, config.epochs, config.epochs, val_accuracy=val_acc, images_per_s=speed,
-                 message=f"done in {seconds:.0f} s: validation accuracy {val_acc:.2%}"))
-    return FinetuneResult(model, False, "finished", val_acc, matrix, history, speed, seconds)
+    results = ValidationResults.of(y_val, probs, val_idx, dataset.classes, {i: dataset.image_name(i) for i in val_idx})
+    stopped_at = {"epoch": epoch + 1, "step": step, "total_steps": total_steps} if stopped_reason else None
+    _record_results(model, dataset, settings, val_acc, results, len(train_idx), len(val_idx), precision, seconds,
+                    stopped_at, stopped_reason, plan)
+    if stopped_reason:
+        message = (f"{stopped_reason} at epoch {epoch + 1}, step {step} of {total_steps}: kept, validation accuracy "
+                   f"{val_acc:.2%}")
+        report(Event("stopped", step, total_steps, epoch, config.epochs, val_accuracy=val_acc, images_per_s=speed,
+                     message=message, images=seen))
+    else:
+        report(Event("done", step, total_steps, config.epochs, config.epochs, val_accuracy=val_acc, images_per_s=speed,
+                     message=f"done in {seconds:.0f} s: validation accuracy {val_acc:.2%}"))
+    return FinetuneResult(model, bool(stopped_reason), stopped_reason or "finished", val_acc, results.confusion_matrix,
+                          history, speed, seconds, results=results, stopped_at=stopped_at)
 
 
-def _train_step(net, optimizer, scaler, x, y, augment, generator, autocast, config) -> tuple[float, int]:
-    x = augment_batch(x, augment, generator).contiguous(memory_format=torch.channels_last)
+def _nothing_kept(report, history, reason, step, total_steps, epoch, config, seconds, speed=None) -> FinetuneResult:
+    why = "cancelled: nothing saved" if reason.startswith("cancelled") else f"{reason}: nothing learned yet, nothing saved"
+    report(Event("stopped", step, total_steps, epoch, config.epochs, message=why))
+    return FinetuneResult(None, True, reason, None, None, history, speed, seconds)
+
+
+def _train_step(net, optimizer, scaler, x, y, autocast, config) -> tuple[float, int]:
+    if x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(**autocast):
         logits = net(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
@@ -393,18 +601,22 @@ def _train_step(net, optimizer, scaler, x, y, augment, generator, autocast, conf
     return loss.item(), int((logits.argmax(1) == y).sum())
 
 
-def _should_stop(stop: threading.Event | None, config: FinetuneConfig, start: float, world: _World,
-                 device: torch.device) -> str:
+def _should_stop(stop: threading.Event | None, cancel: threading.Event | None, config: FinetuneConfig, start: float,
+                 world: _World, device: torch.device) -> str:
     reason = ""
-    if stop is not None and stop.is_set():
+    if cancel is not None and cancel.is_set():
+        reason = "cancelled on request"
+    elif stop is not None and stop.is_set():
         reason = "stopped on request"
     elif config.time_budget_s is not None and time.perf_counter() - start > config.time_budget_s:
         reason = f"stopped at the time budget of {config.time_budget_s:g} s"
     if world.size > 1:
         # Every process must stop at the same step, or the others wait forever in all-reduce.
-        flag = torch.tensor([1 if reason else 0], dtype=torch.int32, device=device)  # NCCL reduces only CUDA tensors
+        flag = torch.tensor([2 if reason.startswith("cancelled") else 1 if reason else 0], dtype=torch.int32,
+                            device=device)  # NCCL reduces only CUDA tensors
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        reason = reason or ("stopped by another process" if flag.item() else "")
+        other = {2: "cancelled by another process", 1: "stopped by another process"}.get(int(flag.item()), "")
+        reason = reason or other
     return reason
 
 
@@ -423,28 +635,34 @@ def _data_on_device(dataset, preprocessing, train_idx, val_idx, device) -> tuple
     return x_train, y_train, x_val, y_val
 
 
-def _confusion_matrix(y_true: Tensor, y_pred: Tensor, num_classes: int) -> list[list[int]]:
-    from sklearn.metrics import confusion_matrix
-
-    return confusion_matrix(y_true.cpu().numpy(), y_pred.cpu().numpy(), labels=list(range(num_classes))).tolist()
-
-
-def _record_results(model, dataset, config, val_acc, matrix, n_train, n_val, precision, seconds) -> None:
+def _record_results(model, dataset, settings, val_acc, results, n_train, n_val, precision, seconds, stopped_at,
+                    stopped_reason, plan) -> None:
     info = model.info
-    info.metrics = {"accuracy": round(val_acc, 4)}
+    info.metrics = {"accuracy": round(val_acc, 4), "macro_f1": round(results.macro_f1, 4)}
     info.datasets = [dataset.name]
-    hyper = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("device", "time_budget_s")}
+    hyper = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("device", "time_budget_s")}
     # A card is published with the model: it names the base, never where the base sat on this machine.
-    hyper.update(base=source_label(config.base), lr=config.peak_lr, precision=precision,
+    hyper.update(base=source_label(settings.base), lr=settings.peak_lr, precision=precision,
                  image_size=model.preprocessing.input_size)
+    if plan.cached:
+        hyper["cached_views"] = plan.views
+    else:
+        hyper.pop("cached_views")
+    previous = info.training if info.training.get("name") else None  # continued from a model fine-tuned here
     info.training = {
         "name": f"{model.config.architecture}-{dataset.name}",
         "kind": dataset.kind,  # "digits" models get MNIST-style centring of drawings in the app
-        "data": f"{dataset.summary()} Split {n_train} for training and {n_val} for validation (stratified, seed {config.seed}).",
+        "data": f"{dataset.summary()} Split {n_train} for training and {n_val} for validation (stratified, seed {settings.seed}).",
         "hyperparameters": hyper,
-        "confusion_matrix": matrix,
+        **results.to_dict(max_mistakes=MAX_CARD_MISTAKES),
         "seconds": round(seconds, 1),
+        "notes": [n for n in (plan.message,) if n],
     }
+    if stopped_at is not None:
+        info.training["stopped"] = {**stopped_at, "reason": stopped_reason}
+    if previous is not None:
+        info.training["continued_from"] = {"name": previous.get("name"), "data": previous.get("data"),
+                                           "epochs": (previous.get("hyperparameters") or {}).get("epochs")}
 
 
 def _start_message(dataset, model, device, precision, world, notes) -> str:

@@ -398,7 +398,8 @@ class Job:
     config: FinetuneConfig
     dataset: ImageDataset | None = None
     events: queue.Queue = field(default_factory=queue.Queue)
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)  # ends the run at the next step, keeping it
+    cancel: threading.Event = field(default_factory=threading.Event)  # ends it too, keeping nothing
     result: FinetuneResult | None = None
     error: str | None = None
     folder: Path | None = None
@@ -426,10 +427,6 @@ class FinetuneJobs:
         try:
             job.folder = self._new_model_folder(model_name, data, config.base)  # before the data is read
             job.dataset = mnist_sample() if str(data) == "mnist-sample" else read_zip(data)
-            # The app has no batch-size control: a dataset with fewer training images than one
-            # batch trains in one smaller batch per step instead of failing validation.
-            train_images = len(stratified_split(job.dataset, config.val_fraction, seed=config.seed)[0])
-            config.batch_size = max(1, min(config.batch_size, train_images))
             if not config.base.startswith("scratch:"):
                 config.base = self.registry.base_source(config.base)
         except BaseException:
@@ -459,8 +456,9 @@ class FinetuneJobs:
 
     def _run(self, job: Job) -> None:
         try:
-            job.result = finetune(job.dataset, job.config, on_event=job.events.put, stop=job.stop)
-            if not job.result.stopped:
+            job.result = finetune(job.dataset, job.config, on_event=job.events.put, stop=job.stop,
+                                     cancel=job.cancel)
+            if job.result.model is not None:  # finished, or stopped with what it had learned
                 job.result.model.info.training["name"] = job.folder.name
                 job.result.save(job.folder, overwrite=False)
         except ResNetHubError as e:
@@ -493,6 +491,15 @@ class FinetuneJobs:
         job = self.active
         if job is None or job.id != job_id or job.done.is_set():
             return False
+        job.stop.set()
+        return True
+
+    def cancel(self, job_id: str | None) -> bool:
+        """End the run at the next step and keep nothing (Stop keeps what it learned)."""
+        job = self.active
+        if job is None or job.id != job_id or job.done.is_set():
+            return False
+        job.cancel.set()
         job.stop.set()
         return True
 

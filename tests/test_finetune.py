@@ -224,38 +224,57 @@ def tiny_digits():
 
 
 def run_until_stopped(dataset, how: str):
+    """A tiny run that a stop request or a cancel ends after step 3, or a time budget before step 1."""
     recorder = Recorder()
-    if how == "stop request":
-        stop = threading.Event()
+    if how in ("stop request", "cancel"):
+        stop, cancel = threading.Event(), threading.Event()
 
         def on_event(event):
             recorder(event)
             if event.kind == "step" and event.step == 3:
-                stop.set()
+                (stop if how == "stop request" else cancel).set()
 
-        return finetune(dataset, FinetuneConfig(**TINY, epochs=2, lr=0.1), on_event=on_event, stop=stop), recorder
+        config = FinetuneConfig(**TINY, epochs=2, lr=0.1)
+        return finetune(dataset, config, on_event=on_event, stop=stop, cancel=cancel), recorder
     config = FinetuneConfig(**TINY, epochs=2, lr=0.1, time_budget_s=1e-6)
     return finetune(dataset, config, on_event=recorder), recorder
 
 
-def test_a_stop_request_ends_the_run_at_the_next_step(tiny_digits):
+def test_a_stop_request_ends_the_run_at_the_next_step_and_keeps_the_model(tiny_digits):
     result, recorder = run_until_stopped(tiny_digits, "stop request")
     assert [e.step for e in recorder.steps()] == [1, 2, 3]
-    assert recorder.kinds()[-1] == "stopped" and "nothing saved" in recorder.events[-1].message
+    assert recorder.kinds()[-1] == "stopped" and "kept" in recorder.events[-1].message
     assert result.stopped and result.reason == "stopped on request"
+    assert result.model is not None and result.stopped_at == {"epoch": 1, "step": 3, "total_steps": 10}
+    assert 0 <= result.val_accuracy <= 1 and np.array(result.confusion_matrix).sum() == 40  # validated
 
 
-def test_the_time_budget_ends_the_run_at_the_next_step(tiny_digits):
+def test_a_stopped_model_saves_loads_and_its_card_says_where_it_stopped(tiny_digits, tmp_path):
+    result, _ = run_until_stopped(tiny_digits, "stop request")
+    folder = result.save(tmp_path / "stopped")
+    assert resnet_hub.load(folder, device="cpu").labels == tiny_digits.classes
+    config = json.loads((folder / "config.json").read_text())
+    assert config["training"]["stopped"] == {"epoch": 1, "step": 3, "total_steps": 10, "reason": "stopped on request"}
+    assert "**Stopped early** (stopped on request) at epoch 1, step 3 of 10" in (folder / "README.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stopped"]  # no temporary folder left beside it
+
+
+def test_cancel_ends_the_run_at_the_next_step_and_keeps_nothing(tiny_digits, tmp_path):
+    result, recorder = run_until_stopped(tiny_digits, "cancel")
+    assert [e.step for e in recorder.steps()] == [1, 2, 3]
+    assert recorder.kinds()[-1] == "stopped" and recorder.events[-1].message == "cancelled: nothing saved"
+    assert result.stopped and result.model is None and result.confusion_matrix is None
+    with pytest.raises(FinetuneError, match="cancelled.*no weights to save"):
+        result.save(tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_time_budget_spent_before_the_first_step_keeps_nothing(tiny_digits, tmp_path):
     result, recorder = run_until_stopped(tiny_digits, "time budget")
     assert recorder.steps() == [] and recorder.kinds()[-1] == "stopped"
-    assert result.stopped and "time budget" in result.reason
-
-
-@pytest.mark.parametrize("how", ["stop request", "time budget"])
-def test_a_stopped_run_has_no_model_and_saves_nothing(tiny_digits, tmp_path, how):
-    result, _ = run_until_stopped(tiny_digits, how)
-    assert result.model is None and result.confusion_matrix is None
-    with pytest.raises(FinetuneError, match="stopped.*no weights to save"):
+    assert "nothing learned yet, nothing saved" in recorder.events[-1].message
+    assert result.stopped and "time budget" in result.reason and result.model is None
+    with pytest.raises(FinetuneError, match="time budget.*no weights to save"):
         result.save(tmp_path / "model")
     assert list(tmp_path.iterdir()) == []
 
@@ -403,6 +422,193 @@ def test_frozen_stages_keep_their_weights_while_later_stages_train(base_run):
     assert frozen and trained
     assert all(torch.equal(tuned[k], base[k]) for k in frozen)  # BatchNorm statistics included
     assert all(not torch.equal(tuned[k], base[k]) for k in trained)
+
+
+# --- cached frozen features ---------------------------------------------------------------------
+
+
+def colour_base_config(base: Path, **change) -> FinetuneConfig:
+    return FinetuneConfig(**{**dict(base=str(base), image_size=32, batch_size=16, epochs=2, lr=0.05, device="cpu",
+                                    precision="fp32", seed=0), **change})
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory):
+    return read_zip(colour_zip(tmp_path_factory.mktemp("colour-data") / "colours.zip"))
+
+
+@pytest.mark.parametrize("freeze", [2, 4], ids=["freeze-2", "freeze-4-head-only"])
+def test_cached_and_uncached_loops_give_the_same_losses_and_weights_without_augmentation(saved_models, colours, freeze):
+    runs = {}
+    for cache in (True, False):
+        recorder = Recorder()
+        config = colour_base_config(saved_models["resnet18"], freeze=freeze, augment="none", cache_features=cache)
+        runs[cache] = (finetune(colours, config, on_event=recorder), recorder)
+    (cached, cached_events), (full, full_events) = runs[True], runs[False]
+    assert "frozen-feature cache: 39 training images x 1 view" in cached_events.events[0].message
+    assert "cached" in cached_events.kinds() and "cached" not in full_events.kinds()
+    assert [e.loss for e in cached_events.steps()] == pytest.approx([e.loss for e in full_events.steps()], rel=1e-5)
+    for key, value in full.model.state_dict().items():
+        torch.testing.assert_close(cached.model.state_dict()[key], value, atol=1e-5, rtol=1e-5, msg=key)
+    assert cached.val_accuracy == full.val_accuracy
+
+
+def test_the_cache_holds_the_stated_number_of_views_and_its_size_is_in_the_start_message(saved_models, colours):
+    recorder = Recorder()
+    finetune(colours, colour_base_config(saved_models["resnet18"], freeze=3, cached_views=3, epochs=3), on_event=recorder)
+    start = recorder.events[0].message
+    # layer3's output at 32 px: 256 channels of 2x2; (39 x 3 + 9) x 256 x 2 x 2 x 4 bytes
+    assert "39 training images x 3 views + 9 validation images of 256x2x2 fp32 features" in start
+    assert "the image as served + 2 augmented" in start and "0.5 MiB of at most 2.00 GiB" in start
+
+
+def test_a_cache_over_the_memory_bound_falls_back_to_the_full_loop_and_says_so(saved_models, colours, monkeypatch):
+    monkeypatch.setattr(finetune_module, "MAX_CACHE_BYTES", 1000)
+    recorder = Recorder()
+    result = finetune(colours, colour_base_config(saved_models["resnet18"], freeze=3), on_event=recorder)
+    assert "frozen-feature cache skipped" in recorder.events[0].message
+    assert "over the bound of" in recorder.events[0].message and "the whole network runs every step" in recorder.events[0].message
+    assert "cached" not in recorder.kinds() and result.model is not None
+
+
+def test_frozen_batchnorm_keeps_its_statistics_when_training_on_the_cache(saved_models, colours):
+    result = finetune(colours, colour_base_config(saved_models["resnet18"], freeze=3))
+    base = load_file(saved_models["resnet18"] / "model.safetensors")
+    tuned = result.model.state_dict()
+    frozen = [k for k in base if k.startswith(("bn1.", "layer1.", "layer2.", "layer3.")) and "running" in k]
+    assert frozen and all(torch.equal(tuned[k].cpu(), base[k]) for k in frozen)
+    assert not torch.equal(tuned["layer4.1.bn2.running_mean"].cpu(), base["layer4.1.bn2.running_mean"])
+
+
+@pytest.mark.parametrize("cancel", [False, True], ids=["stop", "cancel"])
+def test_a_stop_during_feature_caching_keeps_nothing_and_says_so(saved_models, colours, cancel, tmp_path):
+    stop, cancelled = threading.Event(), threading.Event()
+    recorder = Recorder()
+
+    def on_event(event):
+        recorder(event)
+        if event.kind == "start":  # the cache is computed next
+            (cancelled if cancel else stop).set()
+
+    result = finetune(colours, colour_base_config(saved_models["resnet18"], freeze=3), on_event=on_event, stop=stop,
+                      cancel=cancelled)
+    assert result.model is None and result.stopped and recorder.steps() == []
+    assert "while caching the frozen features" in result.reason
+    assert recorder.kinds() == ["start", "stopped"] and "nothing saved" in recorder.events[-1].message
+    with pytest.raises(FinetuneError, match="no weights to save"):
+        result.save(tmp_path / "model")
+
+
+# --- defaults from the data ----------------------------------------------------------------------
+
+
+def test_the_default_batch_is_clipped_to_a_small_training_set(saved_models, colours):
+    recorder = Recorder()
+    config = colour_base_config(saved_models["resnet18"], batch_size=None, freeze=3, epochs=1)
+    result = finetune(colours, config, on_event=recorder)
+    assert [e.step for e in recorder.steps()] == [1]  # 39 training images: one batch of 39
+    assert "batch 39 (default 64, clipped to the 39 training images)" in recorder.events[0].message
+    assert result.model.info.training["hyperparameters"]["batch_size"] == 39
+
+
+def test_an_explicit_batch_larger_than_the_training_set_is_still_refused(saved_models, colours):
+    with pytest.raises(FinetuneError, match="batch size 64 is larger than the 39 training images: use at most 39"):
+        finetune(colours, colour_base_config(saved_models["resnet18"], batch_size=64))
+
+
+@pytest.mark.parametrize(
+    ("base", "data", "frozen"),
+    [("pretrained", "photos", 3), ("scratch", "photos", -1), ("pretrained", "digits", -1)],
+)
+def test_a_pretrained_base_on_a_small_photo_set_freezes_three_stages_by_default(saved_models, colours, tiny_digits,
+                                                                               base, data, frozen, tmp_path):
+    recorder = Recorder()
+    source = str(saved_models["resnet18"]) if base == "pretrained" else "scratch:resnet18"
+    dataset = colours if data == "photos" else tiny_digits
+    result = finetune(dataset, colour_base_config(source, freeze=None, epochs=1, batch_size=None), on_event=recorder)
+    assert result.model.frozen_stages == frozen
+    card = (result.save(tmp_path / "model") / "README.md").read_text()
+    assert f"| freeze | {frozen} |" in card and "| seed | 0 |" in card
+    if frozen == 3:
+        assert "seed notes advise it for small-sample transfer" in recorder.events[0].message
+
+
+def test_the_seed_decides_the_run(saved_models, colours):
+    losses = {}
+    for seed in (0, 0, 1):
+        recorder = Recorder()
+        finetune(colours, colour_base_config(saved_models["resnet18"], freeze=3, seed=seed, epochs=1), on_event=recorder)
+        losses.setdefault(seed, []).append([e.loss for e in recorder.steps()])
+    assert losses[0][0] == losses[0][1] and losses[0][0] != losses[1][0]
+
+
+# --- results you can act on ----------------------------------------------------------------------
+
+
+def test_per_class_metrics_match_scikit_learn_on_a_known_confusion():
+    from sklearn.metrics import classification_report
+
+    from resnet_hub.results import ValidationResults
+
+    y_true = [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    y_pred = [0, 0, 1, 2, 1, 1, 0, 2, 2, 2]
+    probs = np.eye(3)[y_pred] * 0.6 + 0.4 / 3
+    results = ValidationResults.of(y_true, probs, range(10), ["a", "b", "c"])
+    assert results.confusion_matrix == [[2, 1, 1], [1, 2, 0], [0, 0, 3]]
+    report = classification_report(y_true, y_pred, output_dict=True, zero_division=0)
+    for row, name in zip(results.per_class, "012"):
+        expected = report[name]
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
+            (expected["precision"], expected["recall"], expected["f1-score"], expected["support"]), abs=1e-4)
+    # hand-checked: class a has precision 2/3, recall 2/4, F1 4/7
+    assert (results.per_class[0]["precision"], results.per_class[0]["recall"], results.per_class[0]["f1"]) == \
+        pytest.approx((2 / 3, 0.5, 4 / 7), abs=1e-4)
+
+
+def test_the_misclassified_view_lists_exactly_the_wrong_images_most_confident_first():
+    from resnet_hub.results import ValidationResults
+
+    y_true = [0, 0, 1, 1, 2, 2]
+    probs = [[0.9, 0.05, 0.05],  # right
+             [0.2, 0.7, 0.1],  # wrong, 0.7
+             [0.1, 0.8, 0.1],  # right
+             [0.55, 0.4, 0.05],  # wrong, 0.55
+             [0.05, 0.9, 0.05],  # wrong, 0.9
+             [0.1, 0.1, 0.8]]  # right
+    names = {i: f"img{i}.png" for i in range(10, 16)}
+    results = ValidationResults.of(y_true, probs, range(10, 16), ["a", "b", "c"], names)
+    assert [(m.name, m.confidence) for m in results.mistakes()] == [("img14.png", 0.9), ("img11.png", 0.7), ("img13.png", 0.55)]
+    assert [m.index for m in results.mistakes(true="a", predicted="b")] == [11]
+    assert [m.index for m in results.mistakes(true=1, predicted=0)] == [13]
+    assert results.mistakes(true="a", predicted="c") == []
+    cells = {(t, p): len(results.mistakes(t, p)) for t in range(3) for p in range(3) if t != p}
+    matrix = np.array(results.confusion_matrix)
+    assert all(matrix[t, p] == n for (t, p), n in cells.items())
+
+
+def test_a_run_reports_per_class_metrics_and_its_mistakes_in_the_card_and_config(digits_run, tmp_path):
+    dataset, config, result, _ = digits_run
+    folder = result.save(tmp_path / "digits")
+    training = json.loads((folder / "config.json").read_text())["training"]
+    assert [row["class"] for row in training["per_class"]] == dataset.classes
+    assert sum(row["support"] for row in training["per_class"]) == np.array(result.confusion_matrix).sum()
+    wrong = result.results.all_mistakes
+    assert training["misclassified_total"] == len(wrong) == np.array(result.confusion_matrix).sum() - np.trace(result.confusion_matrix)
+    confidences = [m["confidence"] for m in training["misclassified"]]
+    assert confidences == sorted(confidences, reverse=True)
+    card = (folder / "README.md").read_text()
+    assert "| class | precision | recall | F1 | support |" in card
+    row = training["per_class"][0]
+    assert f"| {row['class']} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']} |" in card
+    if wrong:
+        m = training["misclassified"][0]
+        assert f"| {m['image']} | {m['true']} | {m['predicted']} | {100 * m['confidence']:.1f}% |" in card
+
+
+def test_mistakes_from_a_zip_are_named_by_their_member(saved_models, colours):
+    result = finetune(colours, colour_base_config(saved_models["resnet18"], freeze=4, epochs=1, lr=1e-4))
+    names = {m.name for m in result.results.all_mistakes}
+    assert names and all(n.endswith(".png") and n.split("/")[0] in COLOURS for n in names)
 
 
 # --- refusals ------------------------------------------------------------------------------------
