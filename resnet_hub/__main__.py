@@ -115,10 +115,18 @@ def _add_finetune_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split (default: %(default)s)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 0.05 for sgd, 0.001 for adamw)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="global batch size (default: 64, clipped to the training set; a batch given here is checked)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default=d.optimizer, help="(default: %(default)s)")
     p.add_argument("--freeze", type=int, default=d.freeze,
-                   help="freeze the stem and the first N stages; -1 trains everything (default: %(default)s)")
+                   help="freeze the stem and the first N stages; -1 trains everything (default: 3 for a pretrained "
+                        "base on a small photo set, as the project's seed notes advise for small-sample transfer; "
+                        "else -1)")
+    p.add_argument("--cached-views", type=int, default=d.cached_views, metavar="N",
+                   help="with frozen stages, views per image in the frozen-feature cache: the image as served, then "
+                        "augmented copies (default: %(default)s)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="run the whole network every step even when stages are frozen")
     p.add_argument("--image-size", type=int, default=None, help="training/inference input size in px (default: the base's)")
     p.add_argument("--crop-pct", type=float, default=None,
                    help="share of the resized image the centre crop keeps, 0.5-1 (default: the base's; "
@@ -128,7 +136,8 @@ def _add_finetune_parser(sub) -> None:
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held-out share, stratified (default: %(default)s)")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="(default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="split, order and initialisation seed (default: %(default)s)")
-    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds; nothing is saved")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="stop after this many seconds; what was learned by then is saved, marked as stopped")
     p.add_argument("--push-to", default=None, metavar="USER/REPO",
                    help="also push the result to this Hub repo (token from HF_TOKEN or `hf auth login`)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
@@ -162,7 +171,8 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         base=args.base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
         freeze=args.freeze, image_size=args.image_size, crop_pct=args.crop_pct, val_fraction=args.val_fraction,
         label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, precision=args.precision,
-        time_budget_s=args.time_budget, clean_epochs=args.clean_epochs,
+        time_budget_s=args.time_budget, clean_epochs=args.clean_epochs, cached_views=args.cached_views,
+        cache_features=not args.no_cache,
     )
     limit = {}
     if args.limit_per_class is not None:
@@ -185,15 +195,20 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
     }
     if not is_main:
         return None  # under torchrun, rank 0 alone saves and reports: one JSON document on stdout
-    if result.stopped:
+    if result.model is None:
         print(f"{result.reason}: nothing saved", file=sys.stderr)
         return summary
     summary["out"] = str(result.save(out, overwrite=args.overwrite))
-    summary["confusion_matrix"] = result.confusion_matrix
+    summary["stopped_at"] = result.stopped_at
+    summary.update(result.results.to_dict())  # confusion matrix, per-class metrics, misclassified images
+    summary["metrics"] = result.model.info.metrics
+    summary["hyperparameters"] = result.model.info.training["hyperparameters"]
     if args.push_to:
         summary["pushed"] = result.model.push_to_hub(args.push_to, token=token)
     if not args.json:
-        print(f"validation accuracy {result.val_accuracy:.2%} on {dataset.name}; saved to {out}")
+        stopped = f"{result.reason} at epoch {result.stopped_at['epoch']}, step {result.stopped_at['step']}; " \
+            if result.stopped_at else ""
+        print(f"{stopped}validation accuracy {result.val_accuracy:.2%} on {dataset.name}; saved to {out}")
         for note in result.model.info.notes:
             print(f"note: {note}")
         if args.push_to:
@@ -409,8 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json and result is not None:
         json.dump(result, sys.stdout, indent=2, default=str)
         print()
-    # A stopped fine-tune produced nothing: scripts that go on to use its output must not carry on.
-    return EXIT_STOPPED if isinstance(result, dict) and result.get("stopped") else 0
+    # A fine-tune stopped before it learned anything produced nothing: scripts that go on to use it must not carry on.
+    return EXIT_STOPPED if isinstance(result, dict) and result.get("stopped") and not result.get("out") else 0
 
 
 if __name__ == "__main__":

@@ -691,6 +691,17 @@ def test_cli_time_budget_stops_the_run_and_leaves_no_folder(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []  # neither the folder nor a temporary sibling
 
 
+def test_cli_json_reports_per_class_metrics_and_the_misclassified_images(tmp_path, capsys):
+    assert main(["finetune", *CLI_TINY, "--out", str(tmp_path / "out"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [row["class"] for row in summary["per_class"]] == [str(d) for d in range(10)]
+    assert set(summary["per_class"][0]) == {"class", "precision", "recall", "f1", "support"}
+    assert summary["misclassified_total"] == len(summary["misclassified"])
+    assert summary["misclassified_total"] == 40 - sum(summary["confusion_matrix"][i][i] for i in range(10))
+    assert {"image", "true", "predicted", "confidence"} <= set(summary["misclassified"][0])
+    assert summary["hyperparameters"]["batch_size"] == 32 and "macro_f1" in summary["metrics"]
+
+
 @pytest.mark.parametrize("repo_id", ["no-namespace-slash", "someone/bad name", "someone/x@main"])
 def test_cli_push_to_a_malformed_repo_id_is_refused_before_training(tmp_path, capsys, no_training, repo_id):
     code = main(["finetune", *CLI_TINY, "--out", str(tmp_path / "out"), "--push-to", repo_id])
