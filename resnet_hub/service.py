@@ -9,6 +9,7 @@ and streams its events; training always works on its own copy of the weights.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -19,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from .data import ImageDataset, mnist_sample, read_zip, stratified_split
 from .errors import ResNetHubError, SourceError, WeightsNotFoundError
 from .finetune import Event, FinetuneConfig, FinetuneResult, finetune
 from .images import load_image, looks_like_photo
+from .results import ValidationResults, mistake_thumbnails
 from .predict import Comparison, Prediction, Predictor, compare
 from .store import (
     STARTER_ARCHS,
@@ -40,7 +43,9 @@ from .store import (
     starter_folder,
     stored_model,
 )
-from .hub import DEFAULT_SOURCES, resolve
+from .hub import DEFAULT_SOURCES, HubAccess, access, resolve
+from .owners import Visitor
+from .training_slot import TRAINING, Ticket, TrainingSlot, lower_this_threads_priority
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +55,11 @@ STORE_PREFIX = "local:"
 _TYPED_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w.-]+)?$")
 PHOTO_TO_DIGITS = "This looks like a photo, not a digit"
 COMPARE_RUNS = 30  # timed batch-1 runs per model, interleaved, after warm-up
+# Loaded models beside the always-loaded defaults (the ImageNet pair or the starters), least recently used out:
+# every typed repo id would otherwise stay in memory for the life of the process.
+MAX_LOADED_MODELS = 6
+MAX_LOADED_BYTES = 1_000 * 10**6  # parameters and buffers, as loaded (ResNet-50 in fp32: ~100 MB)
+LOCAL = Visitor.local()
 _UNCHECKED = object()
 
 
@@ -192,7 +202,12 @@ class StarterBuilds:
 
 
 class ModelRegistry:
-    """The models the app offers; each loaded once, on first use, and shared by all requests.
+    """The models the app offers; each loaded once, on first use, and shared by the requests that may use it.
+
+    The defaults (the ImageNet pair, or offline the starters) stay loaded; other models live in an
+    LRU cache bounded by count and bytes (``max_models``, ``max_bytes``). A visitor (see
+    :class:`~resnet_hub.owners.Visitor`) sees the shared models and their own; a Hub id they type is
+    fetched with their access, and a model fetched with a visitor's own token serves only them.
 
     >>> registry = ModelRegistry()                        # doctest: +SKIP
     >>> registry.classify("cat.jpg", "resnet50").prediction.top1   # doctest: +SKIP
@@ -200,11 +215,14 @@ class ModelRegistry:
     """
 
     def __init__(self, device: str = "auto", precision: str = "auto", *, check_hub: bool = True,
-                 compile: bool = False, allow_paths: bool = False):
+                 compile: bool = False, allow_paths: bool = False, max_models: int = MAX_LOADED_MODELS,
+                 max_bytes: int = MAX_LOADED_BYTES):
         # allow_paths: local folders are models too (the command line); never for the app's visitors.
         self.device, self.precision, self.compile, self.allow_paths = device, precision, compile, allow_paths
-        self._predictors: dict[str, Predictor] = {}
-        self._locks: dict[str, threading.Lock] = {}
+        self.max_models, self.max_bytes = max_models, max_bytes
+        self._predictors: OrderedDict[tuple[str, str | None], Predictor] = OrderedDict()  # least recently used first
+        self._sizes: dict[tuple[str, str | None], int] = {}
+        self._locks: dict[tuple[str, str | None], threading.Lock] = {}  # only while a model loads
         self._guard = threading.Lock()
         self._offline_reason: str | None | object = _UNCHECKED
         self.starters = StarterBuilds()
@@ -217,8 +235,9 @@ class ModelRegistry:
         """Fetch (or find in the cache) the ImageNet pair; fall back to the starters if we can't."""
         self._offline_reason = None
         try:
-            for source in DEFAULT_SOURCES.values():
-                resolve(source)
+            with access(HubAccess(token=False)):  # public repos: no one's token is needed, so none is sent
+                for source in DEFAULT_SOURCES.values():
+                    resolve(source)
         except (WeightsNotFoundError, SourceError) as e:
             self._offline_reason = str(e)
             logger.warning("default ImageNet weights unavailable, using the starter digit models: %s", e)
@@ -256,17 +275,17 @@ class ModelRegistry:
     def default_source(self, arch: str) -> str:
         return str(starter_folder(arch)) if self.uses_starters else DEFAULT_SOURCES[arch]
 
-    def choices(self) -> list[tuple[str, str]]:
-        """(label, value) pairs for a chooser: the default pair, then every model in the local store."""
+    def choices(self, visitor: Visitor = LOCAL) -> list[tuple[str, str]]:
+        """(label, value) pairs for a chooser: the default pair, then the models of the store ``visitor`` may use."""
         kind = "starter digits" if self.uses_starters else "ImageNet"
         out = [(f"{DISPLAY[a]} ({kind})", a) for a in STARTER_ARCHS]
-        for folder in local_models():
+        for folder in local_models(visitor):
             if not folder.name.startswith("starter-"):
                 out.append((f"{folder.name} (fine-tuned here)", f"{STORE_PREFIX}{folder.name}"))
         return out
 
-    def source_for(self, choice: str) -> str:
-        """The weights source a chooser's value (or a typed name) stands for.
+    def source_for(self, choice: str, visitor: Visitor = LOCAL) -> str:
+        """The weights source a chooser's value (or a typed name) stands for, for ``visitor``.
 
         Accepted: the short names (the ImageNet pair, or offline the starters), store models
         with or without ``local:``, and Hub repo ids; local folders only with ``allow_paths``
@@ -278,18 +297,22 @@ class ModelRegistry:
         if choice in STARTER_ARCHS:
             return self.default_source(choice)
         if choice.startswith(STORE_PREFIX):
-            folder = model_folder(choice[len(STORE_PREFIX):])
-            if not is_model_folder(folder):
-                raise ServiceError(f"{choice[len(STORE_PREFIX):]} is not in the local model store any more")
+            name = choice[len(STORE_PREFIX):]
+            model_folder(name)  # a malformed name is said as such
+            if (folder := stored_model(name, visitor)) is None:
+                if visitor.shared:
+                    raise ServiceError(f"{name} is not in the local model store any more")
+                raise ServiceError(f"{name} is not one of your models (or it was removed after its retention "
+                                   f"time): pick one from the list")
             return str(folder)
-        if (folder := stored_model(choice)) is not None:
+        if (folder := stored_model(choice, visitor)) is not None:
             return str(folder)  # a store name typed without "local:", as the choosers list it
         if self.allow_paths and ("/" in choice or choice.startswith((".", "~")) or Path(choice).expanduser().exists()):
             return choice  # the CLI's user may name any folder on their machine; load() says what is wrong with it
         # A Hub repo id typed in by the user. resolve() would also load any folder on the server,
         # and its errors would tell a visitor which paths exist: the app serves the Hub and its store only.
         if not _TYPED_REPO_ID.match(choice) or ".." in choice or Path(choice).expanduser().exists():
-            stored = ", ".join(f.name for f in local_models()) or "none yet"
+            stored = ", ".join(f.name for f in local_models(visitor)) or "none yet"
             if self.allow_paths:
                 raise ServiceError(
                     f"{choice!r} is not a model: give a short name ({', '.join(STARTER_ARCHS)}), the name of a model "
@@ -309,32 +332,67 @@ class ModelRegistry:
         return (f"offline: {DEFAULT_SOURCES[choice]} is neither on the Hub nor in the local cache, so {choice} is the "
                 f"starter digit classifier {starter_folder(choice).name} (it knows only the digits 0-9)")
 
-    def _display_name(self, choice: str) -> str | None:
+    def _display_name(self, choice: str, visitor: Visitor = LOCAL) -> str | None:
         """What the UI calls a model served from the store: by name, not by its path on the server."""
         if self.uses_starters and choice in STARTER_ARCHS:
             return f"{DISPLAY[choice]} (starter digits)"
         choice = choice.strip()
         if choice.startswith(STORE_PREFIX):
             return choice[len(STORE_PREFIX):]
-        return choice if stored_model(choice) is not None else None
+        return choice if stored_model(choice, visitor) is not None else None
 
     # -- serving ---------------------------------------------------------------
 
-    def predictor(self, choice: str, on_progress: Callable[[StarterBuild], None] | None = None) -> Predictor:
+    def predictor(self, choice: str, on_progress: Callable[[StarterBuild], None] | None = None,
+                  visitor: Visitor = LOCAL) -> Predictor:
         """The shared Predictor for ``choice``, loading it (or waiting for its starter) on first use."""
-        source = self.source_for(choice)
+        source = self.source_for(choice, visitor)
+        shared_key = (source, None)
+        # A Hub model fetched with a visitor's own token may be private: it serves that visitor only.
+        key = (source, visitor.cache_key) if _is_hub_id(source) else shared_key
         with self._guard:
-            if source in self._predictors:
-                return self._predictors[source]
-            lock = self._locks.setdefault(source, threading.Lock())
-        with lock:  # one load per model, even when many requests ask at once
-            if source not in self._predictors:
+            for k in dict.fromkeys((shared_key, key)):
+                if k in self._predictors:
+                    self._predictors.move_to_end(k)
+                    return self._predictors[k]
+            lock = self._locks.setdefault(key, threading.Lock())
+        try:
+            with lock:  # one load per model, even when many requests ask at once
+                with self._guard:
+                    if key in self._predictors:
+                        return self._predictors[key]
                 if self.uses_starters and choice in STARTER_ARCHS:
                     self.starters.wait(choice, on_progress)
-                predictor = Predictor(source, self.device, self.precision, compile=self.compile)
-                predictor.name = self._display_name(choice) or predictor.name
-                self._predictors[source] = predictor
-            return self._predictors[source]
+                with access(visitor.hub_access()):
+                    predictor = Predictor(source, self.device, self.precision, compile=self.compile)
+                predictor.name = self._display_name(choice, visitor) or predictor.name
+                with self._guard:
+                    self._keep(key, predictor)
+                return predictor
+        finally:
+            with self._guard:
+                if self._locks.get(key) is lock and not lock.locked():
+                    del self._locks[key]  # the table holds only the loads in progress
+
+    def _keep(self, key: tuple[str, str | None], predictor: Predictor) -> None:
+        """Cache ``predictor``; evict the least recently used of the others past the count or byte bound."""
+        self._predictors[key] = predictor
+        self._sizes[key] = _model_bytes(predictor)
+        pinned = self._pinned()
+        while True:
+            evictable = [k for k in self._predictors if k[0] not in pinned]
+            held = sum(self._sizes[k] for k in evictable)
+            if len(evictable) <= self.max_models and (held <= self.max_bytes or len(evictable) <= 1):
+                return
+            del self._predictors[evictable[0]], self._sizes[evictable[0]]  # the new one is last: never it
+
+    def _pinned(self) -> set[str]:
+        return set(DEFAULT_SOURCES.values()) | {str(starter_folder(a)) for a in STARTER_ARCHS}
+
+    def loaded(self) -> dict[str, int]:
+        """What is held now: models loaded, their bytes, and per-model load locks (for tests and the log)."""
+        with self._guard:
+            return {"models": len(self._predictors), "bytes": sum(self._sizes.values()), "locks": len(self._locks)}
 
     def pending_starter(self, choice: str) -> StarterBuild | None:
         """The starter build ``choice`` would wait for, or None when it serves at once."""
@@ -343,39 +401,68 @@ class ModelRegistry:
             return self.starters.builds[choice]
         return None
 
-    def base_source(self, choice: str, on_progress: Callable[[StarterBuild], None] | None = None) -> str:
-        """The weights source to fine-tune from for ``choice``, waiting for its starter if it is one."""
+    def base_source(self, choice: str, on_progress: Callable[[StarterBuild], None] | None = None,
+                    visitor: Visitor = LOCAL) -> str:
+        """The weights source to fine-tune from for ``choice``, waiting for its starter if it is one.
+
+        A Hub id is fetched here, with ``visitor``'s access, so a refusal (private, gated, oversize) comes
+        before any data is read or a run is queued.
+        """
         if self.uses_starters and (choice or "").strip() in STARTER_ARCHS:
             self.starters.wait(choice.strip(), on_progress)
-        return self.source_for(choice)
+        source = self.source_for(choice, visitor)
+        if _is_hub_id(source):
+            with access(visitor.hub_access()):
+                resolve(source)
+        return source
 
     def classify(self, image: Any, choice: str, top_k: int | None = 5, *, heatmap: bool = True,
                  on_progress: Callable[[StarterBuild], None] | None = None,
-                 image_name: str | None = "the uploaded file") -> Classification:
+                 image_name: str | None = "the uploaded file", visitor: Visitor = LOCAL) -> Classification:
         """Top-k of one image (an upload, a path, a drawing), with what the visitor should know about it.
 
         The app's Classify button and the CLI's ``classify`` both come here: one code path.
         ``top_k=None``: 5, or every class when the model has fewer.
         """
         _require_image(image)  # before any model is loaded or built
-        picture = load_image(image, name=image_name)
-        predictor = self.predictor(choice, on_progress)
         start = time.perf_counter()
-        prediction = predictor.classify(picture, top_k=None if top_k is None else min(top_k, predictor.num_classes))
+        if self.pending_starter(choice) is not None:  # a bad image is said at once, not after the build
+            picture = load_image(image, name=image_name)
+            predictor = self.predictor(choice, on_progress, visitor)
+            start = time.perf_counter()
+        else:  # the model says how small a large JPEG may be decoded (Predictor.decode)
+            predictor = self.predictor(choice, on_progress, visitor)
+            start = time.perf_counter()
+            picture = predictor.decode(image, image_name)[0]
+        top_k = None if top_k is None else min(top_k, predictor.num_classes)
+        if heatmap:  # one forward pass gives both where that is exact (Predictor.cam_is_exact)
+            prediction, overlay = predictor.classify_with_heatmap(picture, top_k)
+        else:
+            prediction, overlay = predictor.classify(picture, top_k=top_k), None
         latency = (time.perf_counter() - start) * 1000
-        overlay = predictor.gradcam(picture, prediction.class_ids[0])[0] if heatmap else None
         return Classification(prediction, latency, overlay, predictor.name, input_note(picture, predictor))
 
     def compare(self, image: Any, choices: Sequence[str] = ("resnet18", "resnet50"), top_k: int | None = 5,
                 runs: int = COMPARE_RUNS, on_progress: Callable[[StarterBuild], None] | None = None,
-                image_name: str | None = "the uploaded file") -> Comparison:
+                image_name: str | None = "the uploaded file", visitor: Visitor = LOCAL) -> Comparison:
         _require_image(image)
         picture = load_image(image, name=image_name)
-        predictors = [self.predictor(c, on_progress) for c in choices]
+        predictors = [self.predictor(c, on_progress, visitor) for c in choices]
         fewest = min(p.num_classes for p in predictors)
         result = compare(picture, predictors, top_k=min(top_k or 5, fewest), runs=runs)
         notes = list(dict.fromkeys(n for p in predictors if (n := input_note(picture, p))))
         return dataclasses.replace(result, notes=result.notes + notes)
+
+
+def _is_hub_id(source: str) -> bool:
+    return bool(_TYPED_REPO_ID.match(source)) and not Path(source).expanduser().exists()
+
+
+def _model_bytes(predictor: Predictor) -> int:
+    model = getattr(predictor, "model", None)
+    if model is None:
+        return 0
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def input_note(picture: Image.Image, predictor: Predictor) -> str:
@@ -404,69 +491,118 @@ class Job:
     error: str | None = None
     folder: Path | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    visitor: Visitor = LOCAL  # who started it: the owner of what it saves, whose access fetches its base
+    ticket: Ticket | None = None  # its place in the training slot's line
+
+
+MAX_REVIEWS = 16  # finished runs whose misclassified images can still be looked at
+
+
+@dataclass(frozen=True)
+class RunReview:
+    """What a finished run got wrong, kept after its dataset is gone: results plus small copies of the images."""
+
+    visitor: Visitor
+    results: ValidationResults
+    thumbnails: dict[int, Image.Image]
+
+    def mistakes(self, true: str | None = None, predicted: str | None = None) -> list[tuple[Image.Image, str]]:
+        """(image, caption) of the misclassified validation images of one confusion-matrix cell (None: any
+        class), most confident first."""
+        return [(self.thumbnails[m.index], f"{m.name}: {self.results.classes[m.true]} seen as "
+                 f"{self.results.classes[m.predicted]} ({m.confidence:.0%})")
+                for m in self.results.mistakes(true, predicted) if m.index in self.thumbnails]
 
 
 class FinetuneJobs:
-    """One fine-tune at a time per app; its events stream to whoever started it."""
+    """Fine-tunes take turns on one training slot (shared with the lab's live runs); a queued run
+    starts by itself when its turn comes, and its events stream to whoever started it."""
 
-    def __init__(self, registry: ModelRegistry):
+    def __init__(self, registry: ModelRegistry, slot: TrainingSlot = TRAINING):
         self.registry = registry
+        self.slot = slot
         self._lock = threading.Lock()
-        self.active: Job | None = None
+        self.active: Job | None = None  # the latest job started
+        self._jobs: dict[str, Job] = {}  # waiting or training
+        self._saving_to: set[Path] = set()  # folders of the jobs not done: a name is taken from the start
+        self._reviews: OrderedDict[str, RunReview] = OrderedDict()  # the latest finished runs' results, by job id
 
-    def start(self, data: str | Path, config: FinetuneConfig, model_name: str | None = None) -> Job:
-        """Read the data, then train in a background thread. ``data`` is a zip path or 'mnist-sample'.
+    def position(self, job: Job) -> int:
+        """0: training now (or finished); n: n trainings ahead of it in line."""
+        return max(0, self.slot.position(job.ticket)) if job.ticket is not None else 0
 
-        The app's one run is reserved first, so a second visitor hears "wait" at once,
-        before any zip is read or starter built.
+    def start(self, data: str | Path, config: FinetuneConfig, model_name: str | None = None,
+              visitor: Visitor = LOCAL) -> Job:
+        """Read the data, then queue the run for the training slot; it trains in a background thread.
+
+        ``data`` is a zip path or 'mnist-sample'. The new model is ``visitor``'s, saved under their name.
         """
-        with self._lock:
-            if self.active is not None and not self.active.done.is_set():
-                raise ServiceError("another fine-tune run is in progress on this app: wait for it to finish, then start again")
-            job = self.active = Job(uuid.uuid4().hex, config)
+        if not visitor.can_own:
+            raise ServiceError("this page has no visitor id yet: reload it, then start again")
+        job = Job(uuid.uuid4().hex, config, visitor=visitor)
         try:
-            job.folder = self._new_model_folder(model_name, data, config.base)  # before the data is read
+            with self._lock:  # the name is reserved at once: a second run named the same hears so before waiting
+                job.folder = self._new_model_folder(model_name, data, config.base, visitor, self._saving_to)
+                self._saving_to.add(job.folder)
             job.dataset = mnist_sample() if str(data) == "mnist-sample" else read_zip(data)
             if not config.base.startswith("scratch:"):
-                config.base = self.registry.base_source(config.base)
+                config.base = self.registry.base_source(config.base, visitor=visitor)
         except BaseException:
-            job.done.set()  # frees the reservation
+            self._forget(job)
+            job.done.set()
             raise
+        with self._lock:
+            job.ticket = self.slot.enter(f"the fine-tune {job.folder.name}")
+            self.active = self._jobs[job.id] = job
         threading.Thread(target=self._run, args=(job,), name=f"finetune-{job.id[:8]}", daemon=True).start()
         return job
 
-    @staticmethod
-    def _new_model_folder(model_name: str | None, data: str | Path, base: str) -> Path:
-        """The store folder a run will save to; a model already there is never replaced.
+    def _forget(self, job: Job) -> None:
+        with self._lock:
+            self._jobs.pop(job.id, None)
+            self._saving_to.discard(job.folder)
 
-        A name the visitor typed must be free; without one, the run is named after its
+    @staticmethod
+    def _new_model_folder(model_name: str | None, data: str | Path, base: str, visitor: Visitor = LOCAL,
+                          taken: set[Path] = frozenset()) -> Path:
+        """The store folder a run will save to; a model already there (or a run's, queued) is never replaced.
+
+        A name the visitor typed must be free among their models; without one, the run is named after its
         data and base, numbered (``-2``, ``-3`` ...) past the names already taken.
         """
         if model_name and model_name.strip():
             name = model_name.strip()
-            folder = model_folder(name)
-            if folder.exists():
-                raise ServiceError(f"a model named {name!r} is already in the store: choose another name")
+            folder = model_folder(name, visitor)
+            if folder.exists() or folder in taken:
+                where = "the store" if visitor.shared else "your models"
+                raise ServiceError(f"a model named {name!r} is already in {where}: choose another name")
             return folder
         stem = _slug(f"{_slug(Path(str(data)).stem)}-{base.split(':')[-1].split('/')[-1]}")
         for n in itertools.count(1):
-            folder = model_folder(stem if n == 1 else f"{stem}-{n}")
-            if not folder.exists():
+            folder = model_folder(stem if n == 1 else f"{stem}-{n}", visitor)
+            if not folder.exists() and folder not in taken:
                 return folder
 
     def _run(self, job: Job) -> None:
         try:
-            job.result = finetune(job.dataset, job.config, on_event=job.events.put, stop=job.stop,
+            if not self.slot.wait_turn(job.ticket, stop=job.stop):
+                return  # stopped while waiting in line: nothing trained, nothing saved
+            lower_this_threads_priority()  # requests first: training takes the CPU they leave
+            with access(job.visitor.hub_access()):
+                job.result = finetune(job.dataset, job.config, on_event=job.events.put, stop=job.stop,
                                      cancel=job.cancel)
             if job.result.model is not None:  # finished, or stopped with what it had learned
                 job.result.model.info.training["name"] = job.folder.name
                 job.result.save(job.folder, overwrite=False)
+                self._keep_review(job)
         except ResNetHubError as e:
             job.error = str(e)
         except Exception as e:  # noqa: BLE001 - the UI must hear about any failure, and the app keeps serving
             logger.exception("fine-tune job %s failed", job.id)
             job.error = f"training failed: {type(e).__name__}: {e}"
         finally:
+            self.slot.leave(job.ticket)
+            self._forget(job)
             job.done.set()
             job.events.put(None)
 
@@ -488,29 +624,87 @@ class FinetuneJobs:
             yield batch
 
     def stop(self, job_id: str | None) -> bool:
-        job = self.active
+        job = self._jobs.get(job_id or "") or self.active
         if job is None or job.id != job_id or job.done.is_set():
             return False
         job.stop.set()
         return True
 
+    def _keep_review(self, job: Job) -> None:
+        review = RunReview(job.visitor, job.result.results, mistake_thumbnails(job.dataset, job.result.results))
+        with self._lock:
+            self._reviews[job.id] = review
+            while len(self._reviews) > MAX_REVIEWS:
+                self._reviews.popitem(last=False)
+
+    def review(self, job_id: str | None, visitor: Visitor | None = None) -> RunReview | None:
+        """A finished run's validation results and its misclassified images (the latest runs only); only for
+        the visitor who started it, when one is given."""
+        with self._lock:
+            review = self._reviews.get(job_id or "")
+        if review is None:
+            return None
+        if visitor is not None and review.visitor.owners and not set(review.visitor.owners) & set(visitor.owners):
+            return None  # another visitor's run: its images are theirs
+        return review
+
     def cancel(self, job_id: str | None) -> bool:
         """End the run at the next step and keep nothing (Stop keeps what it learned)."""
-        job = self.active
+        job = self._jobs.get(job_id or "") or self.active
         if job is None or job.id != job_id or job.done.is_set():
             return False
         job.cancel.set()
-        job.stop.set()
+        job.stop.set()  # a run still waiting in line leaves it too
         return True
+
+
+# What a pushed card keeps of a model's training record when the visitor has not asked to publish their data's
+# names: counts, settings and scores, never a file name (the zip's, a member's, a misclassified image's).
+PUBLISHABLE_TRAINING = ("kind", "hyperparameters", "confusion_matrix", "per_class", "seconds", "notes", "stopped",
+                        "misclassified_total")
+
+
+def withhold_upload_names(info, name: str) -> None:
+    """Strip from ``info`` (a model's WeightsInfo) whatever names the visitor's uploads, before a push.
+
+    The bundled MNIST sample is not an upload and stays named. Labels stay: they are the model's classes.
+    """
+    from .data import MNIST_SAMPLE
+
+    if info.datasets == [MNIST_SAMPLE] and "continued_from" not in info.training:
+        info.training = {**info.training, "name": name}
+        return
+    training = {k: v for k, v in info.training.items() if k in PUBLISHABLE_TRAINING}
+    training["name"] = name
+    if info.training.get("data"):
+        training["data"] = (f"The uploader's own images in {len(info.labels)} classes "
+                            f"(their file names are not published).")
+    info.training, info.datasets = training, []
+
+
+def push_stored_model(folder: Path, repo_id: str, token: str, *, include_data_names: bool = False) -> str:
+    """Push a model of the store to ``repo_id``; its card names no uploaded file unless ``include_data_names``."""
+    from .hub import parse_repo_id
+    from .weights import load
+
+    name = parse_repo_id(repo_id, allow_revision=False)[0].split("/")[1]  # a malformed id is refused before loading
+    model = load(folder, device="cpu")
+    if not include_data_names:
+        withhold_upload_names(model.info, name)
+    return model.push_to_hub(repo_id, token=token)
 
 
 def zip_model_folder(folder: Path, out_dir: Path | None = None) -> Path:
     """A zip of a model folder for download, written under a temporary name and renamed.
 
-    One zip per model name in one folder (the system's temporary directory by
-    default), so repeated downloads do not pile up on disk.
+    One zip per model in one folder (the system's temporary directory by default, one
+    subfolder per owner's namespace: two visitors' ``my-pets`` are two zips), so repeated
+    downloads do not pile up on disk.
     """
-    out_dir = Path(out_dir or Path(tempfile.gettempdir()) / "resnet-hub-downloads")
+    if out_dir is None:
+        namespace = hashlib.sha256(str(folder.resolve().parent).encode()).hexdigest()[:16]
+        out_dir = Path(tempfile.gettempdir()) / "resnet-hub-downloads" / namespace
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / f".{folder.name}.{uuid.uuid4().hex}.partial"
     tmp = Path(shutil.make_archive(str(partial), "zip", root_dir=folder.parent, base_dir=folder.name))

@@ -15,6 +15,7 @@ from resnet_hub.finetune import FinetuneConfig
 from resnet_hub.hub import source_label
 from resnet_hub.images import looks_like_photo
 from resnet_hub.service import PHOTO_TO_DIGITS, FinetuneJobs, ModelRegistry, ServiceError, StarterBuilds
+from resnet_hub.training_slot import TrainingSlot
 
 
 @pytest.fixture
@@ -73,10 +74,10 @@ def test_runs_without_a_name_are_numbered_past_the_names_taken(home, stored):
 
 
 def test_a_typed_name_already_in_the_store_is_refused_before_training(home, stored):
-    jobs = FinetuneJobs(ModelRegistry(check_hub=False))
+    jobs = FinetuneJobs(ModelRegistry(check_hub=False), TrainingSlot())
     with pytest.raises(ServiceError, match="a model named 'run-one' is already in the store: choose another name"):
         jobs.start("mnist-sample", FinetuneConfig(base="scratch:resnet18"), "run-one")
-    assert jobs.active.done.is_set()  # the app's one training slot is free again
+    assert not jobs.slot.busy  # the refused run never took a place in line
 
 
 def test_a_card_names_its_base_by_name_never_by_its_path():
@@ -201,3 +202,186 @@ def test_the_offline_cli_says_a_short_name_serves_a_starter(home, hub_cache):
 def test_model_names_that_are_not_folder_names_are_refused(home):
     with pytest.raises(ResNetHubError, match="must start with a letter or digit"):
         FinetuneJobs._new_model_folder("../escape", "mnist-sample", "resnet18")
+
+
+# -- many visitors on one Space: whose models, whose token, bounded memory, one training at a time ----------------
+
+ALICE, BOB = "a" * 32, "b" * 32  # browser ids, as gr.BrowserState keeps them
+
+
+def visitor(browser_id: str, **kwargs):
+    from resnet_hub.owners import Visitor
+
+    return Visitor.on_space(browser_id=browser_id, **kwargs)
+
+
+def save_tiny(folder: Path, labels=("red", "blue")) -> Path:
+    """A ResNet-18 four channels wide: a real model in Hub layout, small enough to load 200 times."""
+    import resnet_hub
+
+    model = resnet_hub.create("resnet18", num_classes=len(labels), labels=list(labels), width=4)
+    return model.save_pretrained(folder)
+
+
+def test_two_visitors_may_both_call_a_model_my_pets_and_each_sees_only_their_own(home):
+    registry = ModelRegistry(check_hub=False)
+    alice, bob = visitor(ALICE), visitor(BOB)
+    mine = save_tiny(store.model_folder("my-pets", alice), labels=("cat", "dog"))
+    theirs = save_tiny(store.model_folder("my-pets", bob), labels=("hamster", "fish"))
+
+    assert mine != theirs and mine.is_dir() and theirs.is_dir()
+    assert registry.source_for("local:my-pets", alice) == str(mine)
+    assert registry.source_for("my-pets", bob) == str(theirs)
+    assert ("my-pets (fine-tuned here)", "local:my-pets") in registry.choices(alice)
+    stranger = visitor("c" * 32)
+    assert [v for _, v in registry.choices(stranger)] == ["resnet18", "resnet50"]
+    with pytest.raises(ServiceError, match="my-pets is not one of your models"):
+        registry.source_for("local:my-pets", stranger)
+    with pytest.raises(ServiceError, match="is not a model here"):
+        registry.source_for("my-pets", stranger)
+
+
+def test_locally_the_one_user_sees_every_model_in_the_store(home, stored):
+    registry = ModelRegistry(check_hub=False)
+    save_tiny(store.model_folder("visitors-model", visitor(ALICE)))
+    assert ("run-one (fine-tuned here)", "local:run-one") in registry.choices()
+    assert "local:visitors-model" not in [v for _, v in registry.choices()]  # a Space's visitors' are theirs
+
+
+def test_a_browser_id_is_taken_only_when_unguessable_and_a_login_keeps_this_browsers_models():
+    assert visitor("../../models").owners == ("nobody",)
+    assert visitor("hf-alice").owners == ("nobody",)
+    assert visitor(ALICE, hf_login="alice").owners == ("hf-alice", f"browser-{ALICE}")
+    assert not visitor(None).can_own
+
+
+def test_visitors_models_are_removed_after_the_retention_time_and_the_shared_store_never(home, stored):
+    import os
+    import time
+
+    old = save_tiny(store.model_folder("old-pets", visitor(ALICE)))
+    new = save_tiny(store.model_folder("new-pets", visitor(ALICE)))
+    day_ago = time.time() - 25 * 3600
+    os.utime(old / "config.json", (day_ago, day_ago))
+    os.utime(stored / "config.json", (day_ago, day_ago))
+
+    assert store.remove_expired(24 * 3600) == [old]
+    assert not old.exists() and new.is_dir() and stored.is_dir()
+
+
+def test_200_typed_repo_ids_leave_the_loaded_models_and_the_lock_table_bounded(home, fake_hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from resnet_hub.service import MAX_LOADED_MODELS
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    tiny = save_tiny(tmp_path / "tiny")
+    for i in range(200):
+        fake_hub.add_model(f"someone/tiny-{i}", tiny)
+    registry = ModelRegistry(check_hub=False, device="cpu", precision="fp32")
+    bob = visitor(BOB)
+    for i in range(200):
+        registry.predictor(f"someone/tiny-{i}", visitor=bob)
+        assert registry.loaded()["models"] <= MAX_LOADED_MODELS
+    held = registry.loaded()
+    assert held["models"] == MAX_LOADED_MODELS and held["locks"] == 0
+    assert held["bytes"] <= MAX_LOADED_MODELS * sum(p.stat().st_size for p in tiny.iterdir())
+
+    fetched = len(fake_hub.requests)
+    registry.predictor("someone/tiny-199", visitor=bob)  # the most recent is still loaded: no new request
+    assert len(fake_hub.requests) == fetched
+
+
+def test_the_defaults_are_never_evicted(home, tmp_path):
+    registry = ModelRegistry(check_hub=False, device="cpu", precision="fp32", max_models=2)
+    registry._offline_reason = "offline (test)"
+    starter = save_tiny(store.starter_folder("resnet18"))
+    alice = visitor(ALICE)
+    first = registry.predictor("resnet18", visitor=alice)
+    for i in range(4):
+        save_tiny(store.model_folder(f"m{i}", alice))
+        registry.predictor(f"local:m{i}", visitor=alice)
+    assert registry.loaded()["models"] == 3 and registry.predictor("resnet18", visitor=alice) is first
+    assert registry.source_for("resnet18") == str(starter)
+
+
+def test_a_typed_private_repo_is_fetched_without_the_process_token(home, fake_hub, tmp_path, monkeypatch, saved_models):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_TOKEN", "hf_the_space_owners_secret")
+    fake_hub.add_model("owner/private-resnet", save_tiny(tmp_path / "tiny"), private=True)
+    registry = ModelRegistry(check_hub=False, device="cpu", precision="fp32")
+    with pytest.raises(ResNetHubError, match="or it is private.*log in with the Hugging Face button"):
+        registry.predictor("owner/private-resnet", visitor=visitor(BOB))
+    with pytest.raises(ResNetHubError, match="or it is private"):
+        registry.base_source("owner/private-resnet", visitor=visitor(BOB))
+    assert fake_hub.requests and fake_hub.authorized() == []
+
+
+def test_a_model_fetched_with_a_visitors_own_token_serves_only_that_visitor(home, fake_hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    fake_hub.add_model("alice/private-resnet", save_tiny(tmp_path / "tiny"), private=True)
+    registry = ModelRegistry(check_hub=False, device="cpu", precision="fp32")
+    registry.predictor("alice/private-resnet", visitor=visitor(ALICE, hf_login="alice", token="hf_alice_oauth"))
+    with pytest.raises(ResNetHubError, match="or it is private"):
+        registry.predictor("alice/private-resnet", visitor=visitor(BOB))  # not served from Alice's cached copy
+
+
+def test_a_second_finetune_waits_in_line_shows_its_place_and_then_runs_by_itself(home, tmp_path):
+    from .test_app import colour_zip
+
+    data = colour_zip(tmp_path / "colours.zip", per_class=6)
+    slot = TrainingSlot()
+    jobs = FinetuneJobs(ModelRegistry(check_hub=False), slot)
+    lab = slot.enter("the lab's degradation run")  # the slot is taken: both fine-tunes queue behind it
+    config = lambda: FinetuneConfig(base="scratch:resnet18", epochs=1, image_size=32, batch_size=8)  # noqa: E731
+    first = jobs.start(data, config(), "first", visitor=visitor(ALICE))
+    second = jobs.start(data, config(), "second", visitor=visitor(BOB))
+    assert (jobs.position(first), jobs.position(second)) == (1, 2)
+    assert not first.done.wait(1.0) and first.events.empty()  # nothing trains while it waits
+
+    slot.leave(lab)
+    assert first.done.wait(240) and first.error is None, first.error
+    assert second.done.wait(240) and second.error is None, second.error
+    assert store.stored_model("first", visitor(ALICE)) and store.stored_model("second", visitor(BOB))
+    assert not slot.busy
+
+
+def test_a_finetune_stopped_in_line_leaves_it_and_trains_nothing(home, tmp_path):
+    from .test_app import colour_zip
+
+    slot = TrainingSlot()
+    jobs = FinetuneJobs(ModelRegistry(check_hub=False), slot)
+    holder = slot.enter("another run")
+    job = jobs.start(colour_zip(tmp_path / "c.zip", per_class=6), FinetuneConfig(base="scratch:resnet18", epochs=1),
+                     "never", visitor=visitor(ALICE))
+    assert jobs.stop(job.id)
+    assert job.done.wait(10) and job.result is None and job.error is None
+    assert slot.position(job.ticket) == -1 and slot.position(holder) == 0
+    assert store.stored_model("never", visitor(ALICE)) is None
+
+
+def test_a_pushed_card_names_no_uploaded_file_unless_asked(home, tmp_path, fake_hub):
+    from resnet_hub.data import read_zip
+    from resnet_hub.finetune import finetune
+    from resnet_hub.service import push_stored_model
+
+    from .test_app import colour_zip
+
+    data = read_zip(colour_zip(tmp_path / "holiday-photos-of-my-kids.zip", per_class=6))
+    result = finetune(data, FinetuneConfig(base="scratch:resnet18", epochs=1, image_size=32, batch_size=8))
+    folder = result.save(store.model_folder("pets", visitor(ALICE)))
+    assert "holiday-photos-of-my-kids" in (folder / "README.md").read_text()  # the visitor's own copy keeps it
+
+    push_stored_model(folder, "alice/pets", "hf_alice_write")
+    card = fake_hub.uploaded["README.md"].decode()
+    assert "holiday-photos-of-my-kids" not in card and ".png" not in card
+    assert "file names are not published" in card and "# pets" in card
+    assert "red" in card and "blue" in card  # the classes are the model's own
+
+    fake_hub.uploaded.clear()
+    push_stored_model(folder, "alice/pets", "hf_alice_write", include_data_names=True)
+    assert "holiday-photos-of-my-kids" in fake_hub.uploaded["README.md"].decode()
