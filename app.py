@@ -20,11 +20,20 @@ import pandas as pd
 from PIL import Image
 
 from resnet_hub.errors import ResNetHubError
-from resnet_hub.finetune import FinetuneConfig
+from resnet_hub.finetune import FREEZE_ADVICE, FinetuneConfig
+from resnet_hub.images import load_image
 from resnet_hub.model import build, stage_table, weighted_layers
-from resnet_hub.service import COMPARE_RUNS, PHOTO_TO_DIGITS, FinetuneJobs, ModelRegistry, zip_model_folder
-from resnet_hub.store import model_folder
-from resnet_hub.weights import load
+from resnet_hub.owners import Visitor, multi_user, new_browser_id, retention_hours
+from resnet_hub.service import (
+    COMPARE_RUNS,
+    PHOTO_TO_DIGITS,
+    FinetuneJobs,
+    ModelRegistry,
+    push_stored_model,
+    zip_model_folder,
+)
+from resnet_hub.store import remove_expired, store_root, stored_model
+from resnet_hub.training_slot import TRAINING, lower_this_threads_priority
 
 try:  # ZeroGPU Spaces: GPU work runs inside @spaces.GPU; elsewhere this is a no-op.
     import spaces
@@ -37,6 +46,14 @@ except ImportError:
 
 
 ON_SPACES = os.environ.get("SYSTEM") == "spaces"
+# Space mode (RESNET_HUB_MULTI_USER, defaulting from SYSTEM=spaces): each visitor's fine-tuned models are theirs.
+MULTI_USER = multi_user()
+# The Hugging Face login button needs a real Space's OAuth app; elsewhere Gradio would mock it with this
+# machine's own saved token (and refuse to start without one).
+LOGIN = gr.utils.get_space() is not None
+RETENTION_HOURS = retention_hours()
+SKETCH_MAX_PIXELS = 4096 * 4096  # the canvas is 280 px; a high-DPI screen sends a few times that, never this
+SKETCH_MAX_BYTES = 8 * 2**20
 # Gradio 6.31's plot components call pandas APIs that pandas 3 flags for removal, once per request.
 warnings.filterwarnings("ignore", category=getattr(pd.errors, "Pandas4Warning", FutureWarning))
 MAX_FILE_SIZE = "50mb"
@@ -91,6 +108,60 @@ def _stored_upload(payload):
     return payload.path
 
 
+def visitor_of(browser_id, request=None, profile=None, oauth_token=None) -> Visitor:
+    """Who is asking: the local user, or a Space visitor (their login, else this browser, else this API session)."""
+    if not MULTI_USER:
+        return Visitor.local()
+    return Visitor.on_space(browser_id=browser_id, hf_login=getattr(profile, "username", None),
+                            token=getattr(oauth_token, "token", None), session=getattr(request, "session_hash", None))
+
+
+def _browser_state_secret() -> str:
+    """A secret kept in the store, so a browser's id survives restarts of the app (its models are on disk)."""
+    path = store_root() / ".browser-state-secret"
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except OSError:
+        secret = new_browser_id()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+            staging.write_text(secret, encoding="ascii")
+            os.replace(staging, path)
+            return path.read_text(encoding="ascii").strip()
+        except OSError:
+            return secret
+
+
+def checked_sketchpad(**kwargs) -> gr.Sketchpad:
+    """A gr.Sketchpad whose drawing reaches the handler checked for size before a pixel is decoded.
+
+    gr.ImageEditor decodes the background, every layer and the composite as sent, at any size (an API
+    caller can send a huge image as the "sketch"); here only the composite is read, through
+    resnet_hub.images, which refuses an oversize file or header before decoding.
+    """
+    component = gr.Sketchpad(type="numpy", image_mode="RGB", **kwargs)
+    component.preprocess = lambda payload: _checked_sketch(component, payload)
+    return component
+
+
+def _checked_sketch(component, payload):
+    if payload is None:
+        return None
+    composite = payload.composite
+    if payload.id is not None:
+        cached = component.blob_storage.get(payload.id)
+        composite = cached.composite if cached else None
+    if composite is None:
+        return {"background": None, "layers": [], "composite": None}
+    data = composite if isinstance(composite, bytes) else getattr(composite, "path", None)
+    try:
+        picture = load_image(data, name="the sketch", max_pixels=SKETCH_MAX_PIXELS, max_bytes=SKETCH_MAX_BYTES)
+    except ResNetHubError as e:
+        raise _user_error(e) from None
+    return {"background": None, "layers": [], "composite": np.asarray(picture)}
+
+
 def _image_from(image, sketch):
     if image is not None:
         return image
@@ -105,10 +176,13 @@ def _image_from(image, sketch):
 
 
 @gpu
-def classify(image, sketch, model_choice, top_k, progress=gr.Progress()):
+def classify(image, sketch, model_choice, top_k, browser_id=None, request: gr.Request = None,
+             profile: gr.OAuthProfile | None = None, oauth_token: gr.OAuthToken | None = None,
+             progress=gr.Progress()):
     try:
         result = registry.classify(_image_from(image, sketch), model_choice, int(top_k),
-                                   on_progress=_starter_progress(progress))
+                                   on_progress=_starter_progress(progress),
+                                   visitor=visitor_of(browser_id, request, profile, oauth_token))
     except ResNetHubError as e:
         raise _user_error(e) from None
     info = _with_input_note(f"**{result.model}** · {result.latency_ms:.1f} ms for this call", result.note)
@@ -148,9 +222,12 @@ def _visible(heatmap):
 
 
 @gpu
-def compare(image, sketch, model_a, model_b, progress=gr.Progress()):
+def compare(image, sketch, model_a, model_b, browser_id=None, request: gr.Request = None,
+            profile: gr.OAuthProfile | None = None, oauth_token: gr.OAuthToken | None = None,
+            progress=gr.Progress()):
     try:
-        result = registry.compare(_image_from(image, sketch), (model_a, model_b), on_progress=_starter_progress(progress))
+        result = registry.compare(_image_from(image, sketch), (model_a, model_b), on_progress=_starter_progress(progress),
+                                  visitor=visitor_of(browser_id, request, profile, oauth_token))
     except ResNetHubError as e:
         raise _user_error(e) from None
     (name_a, pred_a), (name_b, pred_b) = list(result.predictions.items())[:2]
@@ -227,36 +304,103 @@ def _progress_line(event) -> str:
             f"({event.step / event.total_steps:.0%}) · {event.images_per_s:.0f} images/s · about {event.eta_s:.0f} s left")
 
 
-def _confusion_figure(matrix, labels):
-    import matplotlib
+CONFUSION_CORNER = "true \\ predicted"
+ANY_CLASS = "(any)"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4 + 0.3 * len(labels), 3.5 + 0.3 * len(labels)))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i, row in enumerate(matrix):
-        for j, v in enumerate(row):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
-    fig.tight_layout()
-    return fig
+def confusion_table(matrix, labels):
+    """The confusion matrix as a table whose cells can be clicked: rows true classes, columns predicted.
+
+    Shaded like a heat map (darker: more images), the diagonal (right answers) in blue, the rest in red.
+    """
+    frame = pd.DataFrame(matrix, columns=list(labels))
+    frame.insert(0, CONFUSION_CORNER, list(labels))
+    peak = max(1, max(max(row) for row in matrix))
+
+    def shade(column):
+        if column.name == CONFUSION_CORNER:
+            return ["font-weight: bold"] * len(column)
+        j = list(labels).index(column.name)
+        colours = []
+        for i, v in enumerate(column):
+            alpha = 0.12 + 0.6 * v / peak if v else 0.0
+            rgb = "37, 99, 235" if i == j else "220, 38, 38"
+            colours.append(f"background-color: rgba({rgb}, {alpha:.2f})")
+        return colours
+
+    return frame.style.apply(shade)
+
+
+def results_view(job_id, browser_id=None, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
+    """After a run: its per-class table, the class choosers and every misclassified image, most confident first."""
+    review = jobs.review(job_id, visitor_of(browser_id, request, profile))
+    if review is None:
+        return None, gr.Dropdown(choices=[ANY_CLASS], value=ANY_CLASS), gr.Dropdown(choices=[ANY_CLASS], value=ANY_CLASS), \
+            None, ""
+    per_class = pd.DataFrame(review.results.per_class).rename(columns={"f1": "F1"})
+    choices = [ANY_CLASS, *review.results.classes]
+    images, caption = _mistakes(review, None, None)
+    return per_class, gr.Dropdown(choices=choices, value=ANY_CLASS), gr.Dropdown(choices=choices, value=ANY_CLASS), \
+        images, caption
+
+
+def _mistakes(review, true, predicted):
+    true = None if true in (None, ANY_CLASS) else true
+    predicted = None if predicted in (None, ANY_CLASS) else predicted
+    shown = review.mistakes(true, predicted)
+    what = f"{true or 'any class'} seen as {predicted or 'another class'}"
+    if true is not None and true == predicted:
+        return [], f"**{true} seen as {true}** are the right answers: pick a cell off the diagonal"
+    total = len(review.results.mistakes(true, predicted))
+    more = f" (the {len(shown)} most confident shown)" if len(shown) < total else ""
+    return shown, (f"**{total} misclassified validation image{'s' * (total != 1)}: {what}**{more}, most confident "
+                   f"first" if total else f"**No validation image of {what}.**")
+
+
+def mistakes_for(job_id, true, predicted, browser_id=None, request: gr.Request = None,
+                 profile: gr.OAuthProfile | None = None):
+    """The misclassified validation images of one true/predicted pair (a confusion-matrix cell)."""
+    review = jobs.review(job_id, visitor_of(browser_id, request, profile))
+    if review is None:
+        raise _user_error("no finished run of yours to look at: fine-tune a model first")
+    return _mistakes(review, true, predicted)
+
+
+def confusion_cell(job_id, browser_id=None, evt: gr.SelectData = None, request: gr.Request = None,
+                   profile: gr.OAuthProfile | None = None):
+    """A click on a confusion-matrix cell: choose its true and predicted classes and show those images."""
+    review = jobs.review(job_id, visitor_of(browser_id, request, profile))
+    if review is None or evt is None or not isinstance(evt.index, (list, tuple)) or evt.index[1] == 0:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    row, column = evt.index
+    classes = review.results.classes
+    true, predicted = classes[row], classes[column - 1]
+    images, caption = _mistakes(review, true, predicted)
+    return true, predicted, images, caption
 
 
 CHOOSERS = 5  # Classify, Compare A and B, Fine-tune base, Push
+FREEZE_AUTO = "auto"
+FREEZE_CHOICES = [(f"auto (3 for a pretrained base on a small photo set)", FREEZE_AUTO), ("-1: none, train all", -1),
+                  ("0: the stem", 0), *((f"{n}: stem + layer1..{n}" if n > 1 else "1: stem + layer1", n) for n in (1, 2, 3)),
+                  ("4: all but the head", 4)]
 
 
-def _choices_update():
-    """Every chooser lists the store as it is now: called on each page load and after each run."""
-    choices = registry.choices()
+def _choices_update(visitor: Visitor):
+    """Every chooser lists the models ``visitor`` may use as the store is now: on each page load and after each run."""
+    choices = registry.choices(visitor)
     return tuple(gr.Dropdown(choices=choices) for _ in range(CHOOSERS))
 
 
-def on_page_load():
-    return (registry.banner, gr.Timer(active=registry.starters.building), *_choices_update())
+def on_page_load(stored_id, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
+    """Banner and choosers for this visitor; in Space mode, this browser's id (made on its first visit)."""
+    browser_id = stored_id if isinstance(stored_id, str) and Visitor.on_space(browser_id=stored_id).owners[0] \
+        .startswith("browser-") else new_browser_id()
+    if MULTI_USER:
+        remove_expired(RETENTION_HOURS * 3600)
+    visitor = visitor_of(browser_id, request, profile)
+    return (registry.banner, gr.Timer(active=registry.starters.building), browser_id, browser_id,
+            *_choices_update(visitor))
 
 
 def on_banner_tick():
@@ -271,27 +415,46 @@ def _idle() -> gr.Button:
     return gr.Button("Start", interactive=True)
 
 
+def _queue_line(job) -> str:
+    ahead = jobs.position(job)
+    return (f"**Waiting in line: {ahead} training{'s' * (ahead != 1)} ahead of yours** (one trains at a time on "
+            f"this machine, fine-tunes and the lab's live runs alike). It starts by itself; Stop leaves the line.")
+
+
 @gpu(duration=300)
-def train(data_zip, use_mnist, base, epochs, lr, freeze, name):
+def train(data_zip, use_mnist, base, epochs, lr, freeze, name, seed=0, browser_id=None, request: gr.Request = None,
+          profile: gr.OAuthProfile | None = None, oauth_token: gr.OAuthToken | None = None):
     """Stream a run's state into the page: the status line carries the progress, so no overlay hides results."""
+    visitor = visitor_of(browser_id, request, profile, oauth_token)
     data = "mnist-sample" if use_mnist else data_zip
     if not data:
         raise _user_error("no data: upload a .zip with one folder per class, or tick 'bundled MNIST sample'")
     while (build := registry.pending_starter(base)) is not None and not build.done.wait(1.0):
         yield None, f"Waiting for the {build.describe()}.", gr.skip(), gr.skip(), gr.skip(), gr.skip(), _running(), \
-            *_choices_update()
+            *_choices_update(visitor)
     try:
-        config = FinetuneConfig(base=base, epochs=int(epochs), lr=float(lr), freeze=int(freeze),
-                                image_size=32 if use_mnist else 128)
-        job = jobs.start(data, config, name or None)
+        config = FinetuneConfig(base=base, epochs=int(epochs), lr=float(lr),
+                                freeze=None if freeze in (None, FREEZE_AUTO) else int(freeze),
+                                seed=int(seed) if seed is not None else 0, image_size=32 if use_mnist else 128)
+        job = jobs.start(data, config, name or None, visitor=visitor)
     except (ResNetHubError, ValueError, TypeError) as e:
         raise _user_error(e) from None
     history = []
     summary = f"Training on {job.dataset.summary()} Will be saved as `{job.folder.name}`."
     status = summary
     try:
-        yield job.id, status, loss_curve(history), accuracy_curves(history), None, None, _running(), *_choices_update()
+        waiting = jobs.position(job) > 0
+        status = f"{summary}\n\n{_queue_line(job)}" if waiting else summary
+        yield job.id, status, loss_curve(history), accuracy_curves(history), None, None, _running(), \
+            *_choices_update(visitor)
         for batch in jobs.stream(job):
+            if waiting and not batch:
+                waiting = jobs.position(job) > 0
+                if waiting:
+                    yield job.id, f"{summary}\n\n{_queue_line(job)}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), \
+                        _running(), *[gr.skip()] * CHOOSERS
+                continue
+            waiting = False
             history += batch
             steps = [e for e in batch if e.kind == "step" and e.total_steps]
             messages = [e.message for e in batch if e.message]
@@ -307,34 +470,54 @@ def train(data_zip, use_mnist, base, epochs, lr, freeze, name):
     if job.error:
         raise _user_error(job.error)
     result = job.result
-    if result.stopped:
-        yield None, f"**{result.reason}: nothing saved.**", loss_curve(history), accuracy_curves(history), None, None, \
-            _idle(), *_choices_update()
+    if result is None:  # stopped while waiting in line
+        yield None, "**Stopped before its turn came: nothing trained, nothing saved.**", None, None, None, None, \
+            _idle(), *_choices_update(visitor)
         return
-    summary = (f"**Validation accuracy {result.val_accuracy:.2%}** on {len(result.confusion_matrix)} classes; "
+    if result.model is None:  # cancelled, or stopped before it learned anything
+        yield None, f"**{result.reason}: nothing saved.**", loss_curve(history), accuracy_curves(history), None, None, \
+            _idle(), *_choices_update(visitor)
+        return
+    stopped = (f"**{result.reason.capitalize()} at epoch {result.stopped_at['epoch']}, step {result.stopped_at['step']} "
+               f"of {result.stopped_at['total_steps']}: kept what it had learned.** ") if result.stopped_at else ""
+    summary = (f"{stopped}**Validation accuracy {result.val_accuracy:.2%}** on {len(result.confusion_matrix)} classes; "
                f"{result.images_per_s:.0f} images/s. Saved as `{job.folder.name}`: now in the Classify and Compare choosers.")
     notes = "".join(f"\n\n_{n}_" for n in result.model.info.notes)
-    fig = _confusion_figure(result.confusion_matrix, result.model.labels)
-    yield None, summary + notes, loss_curve(history), accuracy_curves(history), fig, str(zip_model_folder(job.folder)), \
-        _idle(), *_choices_update()
+    table = confusion_table(result.confusion_matrix, result.model.labels)
+    # job.id stays in the page's state: the results view below reads this run's mistakes by it.
+    yield job.id, summary + notes, loss_curve(history), accuracy_curves(history), table, \
+        str(zip_model_folder(job.folder)), _idle(), *_choices_update(visitor)
 
 
 def stop(job_id):
     if jobs.stop(job_id):
-        gr.Info("Stopping at the next step; nothing will be saved.")
+        gr.Info("Stopping at the next step: what it has learned is validated and saved, marked as stopped.")
     else:
         gr.Warning("No run of yours is in progress.")
 
 
-def push(model_choice, repo_id, token_text, oauth_token: gr.OAuthToken | None = None):
-    token = (oauth_token.token if oauth_token is not None else None) or (token_text or "").strip() or None
+def cancel(job_id):
+    if jobs.cancel(job_id):
+        gr.Info("Cancelling at the next step: nothing will be saved.")
+    else:
+        gr.Warning("No run of yours is in progress.")
+
+
+def push(model_choice, repo_id, token_text, include_data_names=False, browser_id=None, request: gr.Request = None,
+         profile: gr.OAuthProfile | None = None, oauth_token: gr.OAuthToken | None = None):
+    visitor = visitor_of(browser_id, request, profile, oauth_token)
+    # A Space visitor pushes with their own login only; the pasted token is for a local run of the app.
+    pasted = None if MULTI_USER else (token_text or "").strip()
+    token = (oauth_token.token if oauth_token is not None else None) or pasted or None
+    if not model_choice or not model_choice.startswith("local:"):
+        raise _user_error("choose a model fine-tuned here to push")
+    folder = stored_model(model_choice.removeprefix("local:"), visitor)
+    if folder is None:
+        raise _user_error(f"{model_choice.removeprefix('local:')} is not one of your models: pick one from the list")
     if not token:
         raise _user_error("log in with Hugging Face (or paste a write token locally) before pushing")
     try:
-        if not model_choice or not model_choice.startswith("local:"):
-            raise _user_error("choose a model fine-tuned here to push")
-        model = load(model_folder(model_choice.removeprefix("local:")), device="cpu")
-        url = model.push_to_hub((repo_id or "").strip(), token=token)
+        url = push_stored_model(folder, (repo_id or "").strip(), token, include_data_names=bool(include_data_names))
     except ResNetHubError as e:
         raise _user_error(e) from None
     return f"Pushed: {url}"
@@ -457,21 +640,35 @@ def lab_live(experiment):
     LAB_STOP.clear()
     outcome: dict = {}
 
+    ticket = TRAINING.enter(f"the lab's {experiment} run")
+
     def work():
         try:
+            if not TRAINING.wait_turn(ticket, stop=LAB_STOP):
+                outcome["waited"] = True
+                return
+            lower_this_threads_priority()  # requests first, as for a fine-tune
             outcome["result"] = run_experiment(experiment, settings, on_event=events.put, stop=LAB_STOP, cache=False)
         except Exception as e:  # noqa: BLE001 - the visitor hears of any failure; the app keeps serving
             outcome["error"] = e
         finally:
+            TRAINING.leave(ticket)
             events.put(None)
 
     threading.Thread(target=work, name="lab-live", daemon=True).start()
     status, last = f"Running the short {experiment} experiment…", None
+    while (ahead := TRAINING.position(ticket)) > 0:  # one training at a time: a fine-tune may hold the slot
+        yield gr.skip(), (f"**Waiting in line: {ahead} training{'s' * (ahead != 1)} ahead** (one trains at a time "
+                          f"on this machine). It starts by itself; Stop leaves the line.")
+        ticket.left.wait(1.0)
     while (event := events.get()) is not None:
         last = event
         if event.kind in ("step", "epoch", "net", "start") and events.qsize() < 2:
             status = f"**{event.progress:.0%}** · {event.message}"
             yield _lab_live_picture(experiment, event.result), status
+    if outcome.get("waited"):
+        yield gr.skip(), "**Stopped before its turn came**: nothing ran."
+        return
     if "error" in outcome:
         raise _user_error(outcome["error"])
     result = outcome["result"]
@@ -557,13 +754,17 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
     gr.Markdown("# resnet-hub\nTry, compare and fine-tune ResNet-18 and ResNet-50.")
     banner = gr.Markdown(registry.banner, elem_id="weights-banner")
     banner_timer = gr.Timer(2.0, active=registry.starters.building)
-    choices = registry.choices()
+    choices = registry.choices(Visitor.on_space() if MULTI_USER else Visitor.local())  # refilled per visitor on load
+    # Space mode: the browser keeps a random id (localStorage) that owns its models; each event reads it
+    # from this session's state, filled on page load (State, unlike BrowserState, is no API parameter).
+    browser_state = gr.BrowserState(None, storage_key="resnet-hub-visitor", secret=_browser_state_secret())
+    visitor_state = gr.State(None)
 
     with gr.Tab("Classify", id="classify"):
         with gr.Row():
             with gr.Column():
                 image = uploaded_image(sources=["upload", "webcam", "clipboard"], label="Image")
-                sketch = gr.Sketchpad(label="…or draw a digit", type="numpy", image_mode="RGB", canvas_size=(280, 280))
+                sketch = checked_sketchpad(label="…or draw a digit", canvas_size=(280, 280))
                 model = gr.Dropdown(choices=choices, value="resnet50", allow_custom_value=True,
                                     label="Model (or type a Hub repo id: org/name)", elem_id="classify-model")
                 top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k")
@@ -573,14 +774,14 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
                 timing = gr.Markdown(elem_id="classify-info")
                 heatmap = gr.Image(label="Where the model looked (grad-CAM for the top class)", type="pil")
         add_examples(image)
-        go.click(classify, [image, sketch, model, top_k], [labels, timing, heatmap], api_name="classify",
+        go.click(classify, [image, sketch, model, top_k, visitor_state], [labels, timing, heatmap], api_name="classify",
                  concurrency_limit=CLASSIFY_CONCURRENCY, concurrency_id="inference")
 
     with gr.Tab("Compare", id="compare"):
         with gr.Row():
             with gr.Column():
                 c_image = uploaded_image(sources=["upload", "webcam", "clipboard"], label="Image")
-                c_sketch = gr.Sketchpad(label="…or draw a digit", type="numpy", image_mode="RGB", canvas_size=(280, 280))
+                c_sketch = checked_sketchpad(label="…or draw a digit", canvas_size=(280, 280))
                 with gr.Row():
                     model_a = gr.Dropdown(choices=choices, value="resnet18", allow_custom_value=True, label="Model A",
                                           elem_id="compare-model-a")
@@ -602,11 +803,18 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
             title=f"Latency per image (ms): p10, median and p90 of {COMPARE_RUNS} runs", x_title="model A / B, statistic",
             y_title="ms", elem_id="compare-chart", height=300)
         add_examples(c_image)
-        c_go.click(compare, [c_image, c_sketch, model_a, model_b], [label_a, label_b, verdict, timing_table, timing_chart],
+        c_go.click(compare, [c_image, c_sketch, model_a, model_b, visitor_state],
+                   [label_a, label_b, verdict, timing_table, timing_chart],
                    api_name="compare", concurrency_limit=CLASSIFY_CONCURRENCY, concurrency_id="inference")
 
     with gr.Tab("Fine-tune", id="finetune"):
         job_id = gr.State(None)
+        if MULTI_USER:
+            gr.Markdown(f"**Your models are yours.** On this Space, a model you fine-tune is listed, used, downloaded "
+                        f"and pushed only from this browser (or under your Hugging Face login), and it is **deleted "
+                        f"{RETENTION_HOURS:g} hours after it was trained**: download it or push it to the Hub to keep "
+                        f"it. One training runs at a time on this machine; yours waits its turn in line.",
+                        elem_id="finetune-ownership")
         with gr.Row():
             with gr.Column():
                 data_zip = gr.File(label="A .zip with one folder per class", file_types=[".zip"], type="filepath",
@@ -618,12 +826,17 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
                     epochs = gr.Number(value=3, precision=0, minimum=1, maximum=50, label="Epochs",
                                        elem_id="finetune-epochs")
                     lr = gr.Number(value=0.05, minimum=0, label="Learning rate")
-                    freeze = gr.Slider(-1, 4, value=-1, step=1, label="Frozen stages (-1: none)")
+                    freeze = gr.Dropdown(FREEZE_CHOICES, value=FREEZE_AUTO, label="Frozen stages",
+                                         info=f"auto: {FREEZE_ADVICE}; from scratch or on digits, none",
+                                         elem_id="finetune-freeze")
+                    seed = gr.Number(value=0, precision=0, label="Seed (split, order, initialisation)",
+                                     elem_id="finetune-seed")
                 name = gr.Textbox(label="Name for the new model (empty: named after the data, never replacing one)",
                                   placeholder="e.g. my-pets", elem_id="finetune-name")
                 with gr.Row():
                     start = gr.Button("Start", variant="primary", elem_id="finetune-start")
-                    stop_btn = gr.Button("Stop", variant="stop")
+                    stop_btn = gr.Button("Stop (keep what it learned)", variant="stop", elem_id="finetune-stop")
+                    cancel_btn = gr.Button("Cancel (keep nothing)", elem_id="finetune-cancel")
             with gr.Column():
                 status = gr.Markdown(elem_id="finetune-status")
                 loss_plot = gr.LinePlot(None, x="images", y="loss", color="series", title="Training loss",
@@ -631,27 +844,53 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
                 accuracy_plot = gr.LinePlot(None, x="images", y="accuracy", color="series",
                                             title="Accuracy", x_title="training images seen", y_title="accuracy", y_lim=[0, 1],
                                             height=220, elem_id="accuracy-plot")
-                confusion = gr.Plot(label="Confusion matrix (validation)")
+                confusion = gr.Dataframe(label="Confusion matrix (validation; rows: true class, columns: predicted). "
+                                               "Click a cell to see its images.", interactive=False,
+                                         elem_id="finetune-confusion")
+                per_class = gr.Dataframe(label="Per class (validation): precision, recall, F1, support",
+                                         interactive=False, elem_id="finetune-per-class")
+                with gr.Row():
+                    true_class = gr.Dropdown([ANY_CLASS], value=ANY_CLASS, label="True class",
+                                             elem_id="finetune-true-class")
+                    predicted_class = gr.Dropdown([ANY_CLASS], value=ANY_CLASS, label="Predicted as",
+                                                  elem_id="finetune-predicted-class")
+                mistakes_caption = gr.Markdown(elem_id="finetune-mistakes-caption")
+                mistakes = gr.Gallery(label="Misclassified validation images, most confident first", columns=6,
+                                      height="auto", elem_id="finetune-mistakes")
                 download = gr.File(label="Download the weights (model.safetensors + config.json + README.md)",
                                    elem_id="finetune-download")
         with gr.Accordion("Push to the Hugging Face Hub", open=False):
-            if ON_SPACES:
+            if LOGIN:
                 gr.LoginButton()
             push_model = gr.Dropdown(choices=choices, allow_custom_value=True, label="Model fine-tuned here",
                                      elem_id="push-model")
             repo_id = gr.Textbox(label="Repo id (your-name/model-name)")
-            token = gr.Textbox(label="Write token (local runs; never stored or logged)", type="password", visible=not ON_SPACES)
+            token = gr.Textbox(label="Write token (local runs; never stored or logged)", type="password",
+                               visible=not MULTI_USER)
+            include_data_names = gr.Checkbox(
+                False, label="Name my data in the card (its file name and the names of misclassified images); "
+                             "otherwise the card gives only counts, settings and scores", elem_id="push-data-names")
             push_btn = gr.Button("Push")
             push_result = gr.Markdown()
         # The status line carries the run's progress ("minimal": no overlay over the plots, the results
         # or the inputs); the Start button says a run is going and comes back when it ends, however it ends.
-        start.click(train, [data_zip, use_mnist, base, epochs, lr, freeze, name],
+        start.click(train, [data_zip, use_mnist, base, epochs, lr, freeze, name, seed, visitor_state],
                     [job_id, status, loss_plot, accuracy_plot, confusion, download, start, model, model_a, model_b,
                      base, push_model],
-                    api_name="finetune", concurrency_limit=1, concurrency_id="finetune", show_progress="minimal",
-                    ).then(lambda: _idle(), None, start, api_name=False, queue=False)
+                    # Several may be in the handler: one trains (resnet_hub.training_slot), the others show their
+                    # place in line, which a run held in Gradio's own queue could not.
+                    api_name="finetune", concurrency_limit=4, concurrency_id="finetune", show_progress="minimal",
+                    ).then(lambda: _idle(), None, start, api_name=False, queue=False
+                    ).then(results_view, [job_id, visitor_state],
+                           [per_class, true_class, predicted_class, mistakes, mistakes_caption], api_name=False)
         stop_btn.click(stop, [job_id], None, api_name="stop_finetune", queue=False)
-        push_btn.click(push, [push_model, repo_id, token], [push_result], api_name="push")
+        cancel_btn.click(cancel, [job_id], None, api_name="cancel_finetune", queue=False)
+        confusion.select(confusion_cell, [job_id, visitor_state], [true_class, predicted_class, mistakes, mistakes_caption],
+                         api_name=False)
+        gr.on([true_class.input, predicted_class.input], mistakes_for, [job_id, true_class, predicted_class, visitor_state],
+              [mistakes, mistakes_caption], api_name="finetune_mistakes")
+        push_btn.click(push, [push_model, repo_id, token, include_data_names, visitor_state], [push_result],
+                       api_name="push")
 
     with gr.Tab("Why residual?", id="why-residual"):
         gr.Markdown("Why shortcuts `H(x) = F(x) + x`? Three experiments on this project's own blocks "
@@ -704,7 +943,8 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
     with gr.Tab("About", id="about"):
         gr.Markdown(about_markdown())
 
-    demo.load(on_page_load, None, [banner, banner_timer, model, model_a, model_b, base, push_model],
+    demo.load(on_page_load, [browser_state],
+              [banner, banner_timer, browser_state, visitor_state, model, model_a, model_b, base, push_model],
               api_name=False, queue=False)
     demo.load(lab_cached, None, lab_outputs, api_name=False, queue=False)
     banner_timer.tick(on_banner_tick, None, [banner, banner_timer], api_name=False, queue=False, show_progress="hidden")

@@ -24,7 +24,8 @@ from PIL import Image, ImageDraw
 
 ARCHS = ["resnet18", "resnet50"]
 DIGIT_LABELS = {str(d) for d in range(10)}
-ENDPOINTS = {"/classify", "/compare", "/finetune", "/stop_finetune", "/push", "/why_residual", "/stop_why_residual"}
+ENDPOINTS = {"/classify", "/compare", "/finetune", "/stop_finetune", "/cancel_finetune", "/finetune_mistakes", "/push",
+             "/why_residual", "/stop_why_residual"}
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -90,7 +91,7 @@ def classify(client: Client, image: Path | None, model: str = "resnet18", top_k:
 
 
 def finetune_args(data: Path | None, name: str, *, base: str = "resnet18", epochs: int = 1, use_mnist: bool = False):
-    return (handle_file(str(data)) if data else None, use_mnist, base, epochs, 0.05, -1, name)
+    return (handle_file(str(data)) if data else None, use_mnist, base, epochs, 0.05, -1, name, 0)
 
 
 def assert_still_serves(client: Client) -> None:
@@ -234,11 +235,9 @@ def test_stop_with_no_run_in_progress_only_warns(running_app):
     assert running_app.client.predict(api_name="/stop_finetune") == ()
 
 
-def test_a_second_finetune_waits_for_the_first(running_app, tmp_path, monkeypatch):
-    """The /finetune event has concurrency_limit=1, so a second request (from another client)
-    waits in the queue and starts training only after the first run has finished: the two
-    training runs, timed inside the app, never overlap. (Had it reached the app while a run was
-    going, FinetuneJobs would have refused it with 'another fine-tune run is in progress'.)"""
+def test_a_second_finetune_waits_in_line_with_its_place_shown_then_runs(running_app, tmp_path, monkeypatch):
+    """One training slot: a second visitor's run says how many trainings are ahead of it, starts by itself
+    when the first ends, and the two training runs, timed inside the app, never overlap."""
     from resnet_hub import service
 
     runs, lock, real_finetune = [], threading.Lock(), service.finetune
@@ -254,11 +253,11 @@ def test_a_second_finetune_waits_for_the_first(running_app, tmp_path, monkeypatc
     monkeypatch.setattr(service, "finetune", timed_finetune)
     data = colour_zip(tmp_path / "bigger.zip", per_class=40)
     first = running_app.client.submit(*finetune_args(data, "first-run", epochs=2), api_name="/finetune")
-    assert wait_for(lambda: first.status().code.name in ("PROCESSING", "ITERATING", "PROGRESS"), 60)
+    assert wait_for(lambda: running_app.module.jobs.slot.busy, 60)
     second = Client(running_app.url, verbose=False).submit(*finetune_args(data, "second-run"), api_name="/finetune")
 
-    time.sleep(1.0)
-    assert not first.done() and second.status().code.name == "IN_QUEUE"
+    assert wait_for(lambda: any("Waiting in line: 1 training ahead of yours" in str(o[0]) for o in second.outputs()), 60)
+    assert not first.done()
     first_status = first.result(timeout=240)[0]
     second_status = second.result(timeout=240)[0]
 
@@ -266,6 +265,48 @@ def test_a_second_finetune_waits_for_the_first(running_app, tmp_path, monkeypatc
     assert len(runs) == 2
     (_, end_first), (start_second, _) = sorted(runs)
     assert end_first <= start_second
+
+
+def test_an_oversize_sketch_is_refused_before_it_is_decoded(running_app, tmp_path, monkeypatch):
+    """An API caller may send any image as the 'sketch': its header is read, its pixels never."""
+    from PIL import ImageFile
+
+    decoded, real_load = [], ImageFile.ImageFile.load
+
+    def load(image):
+        decoded.append(image.size)
+        return real_load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    huge = write(tmp_path / "huge-sketch.png", png_declaring(12_000, 12_000))  # 144 MP: under Pillow's own limit
+    with pytest.raises(AppError) as refused:
+        classify(running_app.client, None, "resnet18", drawn=huge)
+    assert "the sketch: 144,000,000 pixels is over the limit" in str(refused.value)
+    assert (12_000, 12_000) not in decoded
+    assert_still_serves(running_app.client)
+
+
+def test_a_forged_host_header_from_another_machine_gains_no_token(running_app, monkeypatch):
+    """Gradio 6.31 lends the machine's saved Hugging Face token to a 'direct local request'. With SSR off
+    (every launch path), the peer Gradio sees is the real client, so a LAN client forging Host: localhost
+    is not local; only a loopback peer with a loopback Host is."""
+    from gradio import history
+    from starlette.requests import Request
+
+    monkeypatch.setenv("HF_TOKEN", "hf_this_machines_saved_token")
+    monkeypatch.delenv("SYSTEM", raising=False)
+
+    def request(client_host: str, host: str = "localhost:7860") -> Request:
+        return Request({"type": "http", "method": "GET", "path": "/", "headers": [(b"host", host.encode())],
+                        "client": (client_host, 50123), "server": ("127.0.0.1", 7860), "scheme": "http",
+                        "query_string": b"", "session": {}})
+
+    assert history.resolve_token(request("192.168.1.77")) is None  # a LAN client that forged Host: localhost
+    assert history.resolve_token(request("127.0.0.1", host="evil.example")) is None  # e.g. a share tunnel
+    assert history.resolve_token(request("127.0.0.1")) == "hf_this_machines_saved_token"  # the check is live
+    # ...and no SSR Node proxy stands in front of the server, where every client would come from loopback:
+    monkeypatch.setenv("GRADIO_SSR_MODE", "true")
+    assert running_app.module.launch_options()["ssr_mode"] is False and running_app.module.demo.ssr_mode is False
 
 
 def wait_for(condition, timeout_s: float) -> bool:
