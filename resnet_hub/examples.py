@@ -49,25 +49,67 @@ def _write(path: Path, pixels) -> Path:
 
 
 def calibration_images(kind: str = "photo", n: int = 32, offset: int = 0) -> list[Image.Image]:
-    """``n`` real images to calibrate or check a model with: MNIST digits, or photos with mirrored/cropped views.
+    """``n`` real images to calibrate a model with: MNIST digits, or views of scikit-image photos.
 
-    ``offset`` picks a disjoint set of digits (calibrate on one, measure on another).
+    Image ``offset + i`` is always the same image, and no two indices give the same one:
+    a digit from its own place in the sample, or one of the calibration photos, mirrored or
+    not, cropped to its own box. So ``offset`` picks a disjoint set (calibrate on one,
+    measure on another); :func:`check_images` goes further, with photos never used here.
     """
     if kind == "digits":
         from .data import mnist_sample
 
         digits = mnist_sample()
-        return digits.images[offset :: max(1, len(digits.images) // n)][:n]
+        # the even places of the sample, spread over all of it: check_images takes the odd ones
+        return [digits.images[2 * _spread(offset + i, len(digits.images) // 2)] for i in range(n)]
+    return _views(CALIBRATION_PHOTOS, n, offset)
+
+
+CHECK_PHOTOS = ("stereo_motorcycle", "camera", "coins", "clock", "moon", "grass", "gravel", "brick", "colorwheel", "page")
+
+
+def check_images(kind: str = "photo", n: int = 48) -> tuple[list[Image.Image], str]:
+    """Real images that :func:`calibration_images` never gives, to check a quantized model on,
+    and a sentence saying what they are."""
+    if kind == "digits":
+        from .data import mnist_sample
+
+        digits = mnist_sample()
+        # the odd places of the sample: calibration takes the even ones
+        out = [digits.images[2 * _spread(i, len(digits.images) // 2) + 1] for i in range(n)]
+        return out, f"{n} MNIST digits not used for calibration"
+    return _views(CHECK_PHOTOS, n, 0), (f"{n} views of {len(CHECK_PHOTOS)} scikit-image photos "
+                                        f"that calibration never sees")
+
+
+def _spread(j: int, size: int) -> int:
+    """A distinct place in range(size) for each j < size, spread over all of it (97 is prime)."""
+    stride = 97 if size % 97 else 89
+    return (j * stride) % size
+
+
+def _views(names: tuple[str, ...], n: int, offset: int) -> list[Image.Image]:
+    import random
+
     import skimage.data
 
-    base = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in CALIBRATION_PHOTOS]
+    base = []
+    for name in names:
+        pixels = getattr(skimage.data, name)()
+        pixels = pixels[0] if isinstance(pixels, tuple) else pixels
+        base.append(Image.fromarray(np.asarray(pixels)[..., :3] if np.ndim(pixels) == 3 else np.asarray(pixels)).convert("RGB"))
     out = []
-    for i in range(n):
-        img, view = base[i % len(base)], i // len(base)
+    for index in range(offset, offset + n):
+        img, view = base[index % len(base)], index // len(base)
+        if view == 0:
+            out.append(img)
+            continue
+        rng = random.Random(f"{names[index % len(base)]}/{view}")
         if view % 2:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        if view >= 2:
-            w, h = img.size
-            img = img.crop((w // 8, h // 8, w - w // 8, h - h // 8))
-        out.append(img)
+        w, h = img.size
+        scale = rng.uniform(0.6, 0.95)
+        cw, ch = int(w * scale), int(h * scale)
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        out.append(img.crop((x, y, x + cw, y + ch)))
     return out

@@ -81,3 +81,99 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@functools.cache
+def cpu_model_name() -> str:
+    """The CPU's model name as the kernel reports it (``lscpu``'s "Model name")."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def int8_peak() -> dict:
+    """The CPU's int8 multiply-accumulate peak, from what the machine says about itself.
+
+    physical cores x clock x int8 MACs per cycle of the widest unit the flags show:
+    AMX tiles 1024 per core; AVX-512 VNNI 2 ports x 64; AVX-VNNI (256-bit) 2 x 32;
+    AVX2 without VNNI 2 x 16 (three instructions per 32 MACs, counted generously).
+    """
+    import os
+
+    flags = cpu_flags()
+    if "amx_int8" in flags:
+        unit, macs = "AMX-INT8", 1024
+    elif "avx512_vnni" in flags:
+        unit, macs = "AVX-512 VNNI (2 x 64)", 128
+    elif "avx_vnni" in flags:
+        unit, macs = "AVX-VNNI (2 x 32)", 64
+    elif "avx2" in flags:
+        unit, macs = "AVX2 (2 x 16)", 32
+    else:
+        unit, macs = "SSE (2 x 8)", 16
+    cores = physical_cores()
+    ghz = cpu_ghz()
+    return {"unit": unit, "macs_per_cycle": macs, "cores": cores, "ghz": ghz,
+            "gmacs_per_s": cores * ghz * macs,
+            "formula": f"{cores} physical cores x {ghz:.2f} GHz x {macs} int8 MACs/cycle ({unit})",
+            "threads": os.cpu_count()}
+
+
+@functools.cache
+def physical_cores() -> int:
+    """Distinct (physical id, core id) pairs in /proc/cpuinfo; the CPU count when absent."""
+    import os
+
+    pairs, phys, core = set(), None, None
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":", 1)[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":", 1)[1].strip()
+                elif not line.strip() and core is not None:
+                    pairs.add((phys, core))
+                    phys = core = None
+    except OSError:
+        pass
+    if core is not None:
+        pairs.add((phys, core))
+    return len(pairs) or os.cpu_count() or 1
+
+
+@functools.cache
+def cpu_ghz() -> float:
+    """The CPU's maximum clock (cpufreq) or, in a VM without it, the clock /proc/cpuinfo reports."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq", encoding="ascii") as f:
+            return int(f.read().strip()) / 1e6
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return float(line.split(":", 1)[1]) / 1000
+    except (OSError, ValueError):
+        pass
+    return float("nan")

@@ -24,12 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .errors import ResNetHubError
-from .hardware import DTYPES, device_name, resolve_device, resolve_precision, synchronize
+from .hardware import device_name, resolve_device, resolve_precision, synchronize
 from .images import center_digit, decode_batch, eval_transform, load_image, resize_and_crop, to_tensor_batch
-from .model import STAGES, Bottleneck, ResNet
+from .model import ResNet
 from .weights import HubResNet, load
 
 DEFAULT_TOP_K = 5
@@ -73,6 +72,7 @@ class Timing:
     runs: int
     compiled: bool = False
     p10_ms: float | None = None
+    engine: str = "torch"
 
     @property
     def images_per_s(self) -> float:
@@ -83,82 +83,45 @@ class Timing:
 
 
 # ---------------------------------------------------------------------------
-# The fast path
+# The fast path: engines live in engines.py (these names stay importable from here)
+
+from .engines import (  # noqa: E402
+    CALIBRATION_IMAGES,
+    CHECK_IMAGES,
+    EngineChoice,
+    EngineError,
+    _compile,
+    cam_from_features,
+    fold_batchnorm,
+    prepare_for_inference,
+    quantize_int8,
+)
+from . import engines as _engines  # noqa: E402
 
 
-def fold_batchnorm(model: ResNet) -> ResNet:
-    """Fold every eval-mode BatchNorm into the convolution before it (in place); BN becomes Identity.
-
-    y = gamma * (Wx - mean) / sqrt(var + eps) + beta is one convolution with
-    scaled weights and a bias, so inference skips a full pass over each feature map.
-    """
-    if model.training:
-        raise ValueError("fold_batchnorm needs a model in eval mode (it uses the running statistics)")
-    pairs = [(model, "conv1", "bn1")]
-    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
-        for block in stage:
-            n = 3 if isinstance(block, Bottleneck) else 2
-            pairs += [(block, f"conv{i}", f"bn{i}") for i in range(1, n + 1)]
-            if block.downsample is not None:
-                pairs.append((block.downsample, "0", "1"))
-    for parent, conv_name, bn_name in pairs:
-        conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
-        setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
-        setattr(parent, bn_name, nn.Identity())
-    return model
-
-
-def prepare_for_inference(model: ResNet, device: torch.device, precision: str, *, fold: bool = True) -> nn.Module:
-    """A copy of ``model`` set up for fast inference; the original is untouched."""
-    fast = copy.deepcopy(model).eval().to(device)
-    if fold:
-        fold_batchnorm(fast)
-    fast = fast.to(memory_format=torch.channels_last)
-    if precision != "fp32":
-        fast = fast.to(DTYPES[precision])
-    for p in fast.parameters():
-        p.requires_grad_(False)
-    return fast
-
-
-def quantize_int8(model: ResNet, calibration: Tensor) -> nn.Module:
-    """Static int8 post-training quantization (FX graph mode, PyTorch's x86 engine) of a CPU copy.
-
-    Conv+BN+ReLU are fused, weights are quantized per channel, and activation
-    ranges are observed on ``calibration``: real images of the kind the model
-    will see, preprocessed. Opt-in (``precision="int8"``): it is the fastest CPU
-    path on VNNI hardware, and its agreement with fp32 is reported by the bench.
-    """
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    torch.backends.quantized.engine = "x86"
-    float_model = copy.deepcopy(model).float().eval().to("cpu")
-    with warnings.catch_warnings():
-        # torch.ao's FX API warns that it is deprecated; in torch 2.14 it is still the working int8 path.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        prepared = prepare_fx(float_model, get_default_qconfig_mapping("x86"), (calibration[:1],))
-        with torch.inference_mode():
-            for chunk in calibration.split(32):
-                prepared(chunk)
-        return convert_fx(prepared)
-
-
-def default_calibration(model: HubResNet, n: int = 32) -> Tensor:
+def default_calibration(model: HubResNet, n: int = CALIBRATION_IMAGES) -> Tensor:
     """Real images for int8 calibration: MNIST digits for digit models, scikit-image photos otherwise."""
     from .examples import calibration_images
 
-    images = calibration_images(model.info.training.get("kind", "photo"), n, offset=1)
+    images = calibration_images(model.info.training.get("kind", "photo"), n)
     return to_tensor_batch(images, model.preprocessing)
 
 
-def _compile(module: nn.Module) -> nn.Module:
-    import torch._inductor.config as inductor_config
+def default_check_images(model: HubResNet, n: int = CHECK_IMAGES) -> tuple[Tensor, str]:
+    """Real images of the model's kind that calibration never saw, and what they are."""
+    from .examples import check_images
 
-    # Freezing constant-folds the weights into the graph so oneDNN can pre-pack them.
-    inductor_config.freezing = True
-    return torch.compile(module, dynamic=False)
+    kind = model.info.training.get("kind", "photo")
+    images, what = check_images(kind, n)
+    return to_tensor_batch([center_digit(i) for i in images] if kind == "digits" else images, model.preprocessing), what
+
+
+def has_trained_weights(model: HubResNet) -> bool:
+    """Weights with a training record (fine-tuned or trained here) or from a Hub repo: an accuracy to protect."""
+    from .hub import hub_repo_id
+
+    return bool(model.info.training) or bool(model.info.metrics) or (
+        bool(model.info.source) and hub_repo_id(model.info.source) is not None)
 
 
 # ---------------------------------------------------------------------------
@@ -182,30 +145,86 @@ class Predictor:
         device: str | torch.device | None = "auto",
         precision: str = "auto",
         *,
+        engine: str = "auto",
         compile: bool = False,
         fold_batchnorm: bool = True,
         calibration: Tensor | None = None,
+        cache_dir: str | os.PathLike | None = "default",
+        extra_candidates: dict | None = None,
     ):
+        """``precision``/``engine``: "auto" picks the fastest path that passes its check against
+        fp32 (see :mod:`resnet_hub.engines`); a named precision with ``engine="auto"`` runs torch,
+        as before. ``cache_dir``: where converted engines and the choice are cached ("default":
+        the store's ``engine-cache``; None: nothing cached)."""
         self.device = resolve_device(device)
-        self.precision, note = resolve_precision(precision, self.device)
-        self.notes: list[str] = [note] if note else []
-        if note:
-            warnings.warn(note, stacklevel=2)
+        self.notes: list[str] = []
+        if engine not in _engines.ENGINES:
+            raise PredictorError(f"unknown engine {engine!r}: choose one of {', '.join(_engines.ENGINES)}")
+        if precision != "auto":
+            precision, note = resolve_precision(precision, self.device)
+            if note:
+                self.notes.append(note)
+                warnings.warn(note, stacklevel=2)
         if isinstance(source_or_model, HubResNet):
             self.model = source_or_model
         else:
             self.model = load(source_or_model, device=self.device)
         self.name = self.model.info.source or self.model.config.architecture
-        self.compiled = compile
-        if self.precision == "int8":
-            fast = quantize_int8(self.model, calibration if calibration is not None else default_calibration(self.model))
-        else:
-            fast = prepare_for_inference(self.model, self.device, self.precision, fold=fold_batchnorm)
-        self._forward_module = _compile(fast) if compile else fast
         self._transform = eval_transform(self.model.preprocessing)
         self._lock = threading.Lock()
         self._first_call_ms: dict[int, float] = {}
         self._cam: _GradCAM | None = None
+        self._pending: list[_Request] = []
+        self._pending_lock = threading.Lock()
+        self.batches_run = 0  # forward passes run by classify's micro-batching (tests and the loadtest read it)
+        if cache_dir == "default":
+            from .store import store_root
+
+            cache_dir = store_root() / "engine-cache"
+        self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
+        self._engine, self.engine_choice = self._build_engine(engine, precision, calibration, fold_batchnorm,
+                                                              compile, extra_candidates)
+        self.engine = self._engine.engine
+        self.precision = self._engine.precision
+        self.compiled = bool(getattr(self._engine, "compiled", False))
+
+    def _build_engine(self, engine, precision, calibration, fold, compile, extra):
+        from pathlib import Path
+
+        cache = Path(self.cache_dir) if self.cache_dir else None
+        # The reference and the conversions run in eval mode; the caller's model keeps its own mode.
+        model = copy.deepcopy(self.model).eval() if self.model.training else self.model
+        needs_calibration = precision in ("auto", "int8")
+        if needs_calibration and calibration is None and self.device.type == "cpu":
+            calibration = default_calibration(self.model)
+        key = _engines.weights_key(model) if (cache or precision == "auto" or engine == "openvino") else ""
+        if precision == "auto":
+            check_images, what = default_check_images(self.model)
+            trained = has_trained_weights(self.model)
+            try:
+                return _engines.choose(model, self.device, engine=engine, calibration=calibration,
+                                       check_images=check_images, trained=trained, check_set=what, cache_dir=cache,
+                                       weights_key=key, fold=fold, compile=compile, extra=extra)
+            except EngineError as e:
+                self.notes.append(f"{e}; running torch fp32")
+                warnings.warn(self.notes[-1], stacklevel=3)
+                precision, engine = "fp32", "torch"
+        wanted = "torch" if engine == "auto" else engine
+        try:
+            built = _engines.build(model, self.device, wanted, precision, calibration=calibration, cache_dir=cache,
+                                   weights_key=key, fold=fold, compile=compile)
+        except EngineError as e:
+            note = f"{wanted} {precision} is not available here ({e}): running torch {precision if wanted != 'torch' else 'fp32'} instead"
+            self.notes.append(note)
+            warnings.warn(note, stacklevel=3)
+            fallback = precision if wanted != "torch" and precision in ("fp32", "int8", "bf16") else "fp32"
+            try:
+                built = _engines.build(model, self.device, "torch", fallback, calibration=calibration, cache_dir=cache,
+                                       weights_key=key, fold=fold, compile=compile)
+            except EngineError:
+                built = _engines.build(model, self.device, "torch", "fp32", calibration=None, cache_dir=cache,
+                                       weights_key=key, fold=fold, compile=compile)
+        return built, EngineChoice(built.name, [], "forced: not checked at load", "", forced=True)
 
     @property
     def labels(self) -> list[str]:
@@ -245,32 +264,109 @@ class Predictor:
         """
         return [center_digit(p) for p in pictures] if self.kind == "digits" else list(pictures)
 
+    @property
+    def draft_side(self) -> int | None:
+        """The shorter side a JPEG may be decoded down to (photo models: the resize before the crop)."""
+        return None if self.kind == "digits" else self.model.preprocessing.resize_size
+
+    def decode(self, images: Any, name: str | None = None) -> list[Image.Image]:
+        """Decode one image or a sequence, a large JPEG at reduced scale (see :func:`load_image`)."""
+        batch = _as_list(images)
+        if len(batch) == 1 and name:
+            return [load_image(batch[0], name=name, draft=self.draft_side)]
+        return decode_batch(batch, draft=self.draft_side)
+
     def preprocess(self, images: Any) -> Tensor:
         """Decode, lay out and preprocess one image or a sequence into a (B, C, H, W) float batch."""
-        batch = _as_list(images)
-        return to_tensor_batch(self.layout(decode_batch(batch)), self.model.preprocessing)
+        return to_tensor_batch(self.layout(self.decode(images)), self.model.preprocessing)
+
+    def forward(self, batch: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, C, H, W) preprocessed fp32 batch -> ((B, num_classes) fp32 logits, last feature map)."""
+        with self._lock:
+            start = time.perf_counter()
+            logits, features = self._engine(batch)
+            if len(batch) not in self._first_call_ms:
+                synchronize(self.device)
+                self._first_call_ms[len(batch)] = (time.perf_counter() - start) * 1000
+        return logits, features
 
     def logits(self, batch: Tensor) -> Tensor:
         """(B, C, H, W) preprocessed fp32 batch -> (B, num_classes) fp32 logits."""
-        x = batch.to(self.device, DTYPES[self.precision], non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with self._lock, torch.inference_mode():
-            start = time.perf_counter()
-            out = self._forward_module(x).float()
-            if len(x) not in self._first_call_ms:
-                synchronize(self.device)
-                self._first_call_ms[len(x)] = (time.perf_counter() - start) * 1000
-        return out
+        return self.forward(batch)[0]
+
+    def forward_batched(self, batch: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward`, with requests that arrive from other threads meanwhile run in one batch.
+
+        Each caller queues its rows; whoever gets the model runs every queued request
+        (up to ``MAX_BATCH`` images) in one pass and hands each its own rows. No request
+        waits longer than the pass before it: under load, batches form by themselves.
+        """
+        request = _Request(batch)
+        with self._pending_lock:
+            self._pending.append(request)
+        while not request.done.is_set():
+            with self._lock:
+                if request.done.is_set():
+                    break
+                with self._pending_lock:
+                    taken, size = [], 0
+                    while self._pending and (not taken or size + len(self._pending[0].batch) <= MAX_BATCH):
+                        taken.append(self._pending.pop(0))
+                        size += len(taken[-1].batch)
+                if not taken:
+                    continue
+                try:
+                    start = time.perf_counter()
+                    logits, features = self._engine(torch.cat([r.batch for r in taken]))
+                    self.batches_run += 1
+                    if size not in self._first_call_ms:
+                        synchronize(self.device)
+                        self._first_call_ms[size] = (time.perf_counter() - start) * 1000
+                    offset = 0
+                    for r in taken:
+                        n = len(r.batch)
+                        r.result = (logits[offset : offset + n], features[offset : offset + n])
+                        offset += n
+                except BaseException as e:  # noqa: BLE001 - every waiting caller gets the error, none hangs
+                    for r in taken:
+                        r.error = e
+                finally:
+                    for r in taken:
+                        r.done.set()
+        if request.error is not None:
+            raise request.error
+        return request.result
 
     def classify(self, images: Any, top_k: int | None = None) -> Prediction | list[Prediction]:
         """Top-k labels of one image (returns a Prediction) or a list of them (returns a list).
 
         Images may be paths, bytes, PIL images or numpy arrays. ``top_k`` defaults
-        to 5, or to every class when the model has fewer.
+        to 5, or to every class when the model has fewer. Concurrent calls share forward passes.
         """
         single = not isinstance(images, (list, tuple))
         top_k = self._check_top_k(top_k)
-        out = self.top_k(self.logits(self.preprocess(images)), top_k)
+        out = self.top_k(self.forward_batched(self.preprocess(images))[0], top_k)
         return out[0] if single else out
+
+    def classify_with_heatmap(self, picture: Image.Image, top_k: int | None = None,
+                              alpha: float = 0.45) -> tuple[Prediction, Image.Image]:
+        """Top-k of one decoded image and the map of where the model looked, from one forward pass
+        where that is exact (:attr:`cam_is_exact`), else from grad-CAM's own pass."""
+        top_k = self._check_top_k(top_k)
+        laid_out = self.layout([picture])[0]
+        logits, features = self.forward_batched(to_tensor_batch([laid_out], self.model.preprocessing))
+        prediction = self.top_k(logits, top_k)[0]
+        if self.cam_is_exact:
+            heat = cam_from_features(features[0], self.model.fc.weight.detach(), prediction.class_ids[0])
+            crop = resize_and_crop(self.model.preprocessing)(laid_out)
+            return prediction, overlay_heatmap(crop, heat, alpha)
+        return prediction, self.gradcam(picture, prediction.class_ids[0], alpha)[0]
+
+    @functools.cached_property
+    def cam_is_exact(self) -> bool:
+        """Whether grad-CAM's layer is the last stage, before a global-average-pool + linear head:
+        then grad-CAM equals the class activation map of the forward pass's features, up to scale."""
+        return cam_layer(self.model) == self.model.stage_names[-1] and isinstance(self.model.fc, nn.Linear)
 
     def top_k(self, logits: Tensor, k: int) -> list[Prediction]:
         """(B, num_classes) logits -> the k most probable classes of each row."""
@@ -328,6 +424,7 @@ class Predictor:
             runs=len(times),
             compiled=self.compiled,
             p10_ms=_percentile(times, 10),
+            engine=self.engine,
         )
 
     # -- explanation ------------------------------------------------------
@@ -350,6 +447,16 @@ class Predictor:
         return overlay_heatmap(crop, heat, alpha), class_id
 
 
+MAX_BATCH = 32  # images in one micro-batched forward pass
+
+
+class _Request:
+    __slots__ = ("batch", "done", "result", "error")
+
+    def __init__(self, batch: Tensor):
+        self.batch, self.done, self.result, self.error = batch, threading.Event(), None, None
+
+
 class _GradCAM:
     MIN_SIDE = 4  # a 1x1 or 2x2 map cannot say where in the image anything is
 
@@ -362,7 +469,7 @@ class _GradCAM:
     def __call__(self, x: Tensor, class_id: int | None) -> tuple[np.ndarray, int]:
         with self.lock, torch.enable_grad():
             h = self.model.stem(x.to(self.device))
-            for name in STAGES:
+            for name in self.model.stage_names:
                 h = getattr(self.model, name)(h)
                 if name == self.layer:
                     features = h = h.detach().requires_grad_(True)  # (1, C, h, w)
@@ -381,9 +488,10 @@ def cam_layer(model: ResNet) -> str:
     from .model import stage_table
 
     rows = stage_table(model, model.preprocessing.input_size)
-    sides = {r["stage"]: r["output (C, H, W)"][-1] for r in rows if r["stage"] in STAGES}
-    fine = [name for name in STAGES if sides[name] >= _GradCAM.MIN_SIDE]
-    return fine[-1] if fine else STAGES[0]
+    names = model.stage_names
+    sides = {r["stage"]: r["output (C, H, W)"][-1] for r in rows if r["stage"] in names}
+    fine = [name for name in names if sides[name] >= _GradCAM.MIN_SIDE]
+    return fine[-1] if fine else names[0]
 
 
 def overlay_heatmap(picture: Image.Image, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:
@@ -407,6 +515,7 @@ class Comparison:
     parameters: dict[str, int]
     gmacs: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    engine_choices: dict[str, EngineChoice] = field(default_factory=dict)
 
     @property
     def agree(self) -> bool:
@@ -428,7 +537,8 @@ class Comparison:
                 "parameters (M)": round(self.parameters[name] / 1e6, 2),
                 "GMACs": round(self.gmacs[name], 2),
                 "device": t.device,
-                "precision": t.precision,
+                "engine": f"{t.engine} {t.precision}",
+                "why this engine": self.engine_choices[name].summary() if name in self.engine_choices else "",
             }
             for name, t in self.timings.items()
         ]
@@ -476,6 +586,7 @@ def compare(
         parameters={n: p.num_parameters() for n, p in zip(names, predictors)},
         gmacs={n: p.gmacs for n, p in zip(names, predictors)},
         notes=[note for p in predictors for note in p.notes],
+        engine_choices={n: p.engine_choice for n, p in zip(names, predictors)},
     )
 
 

@@ -202,10 +202,13 @@ def test_fp16_on_cpu_falls_back_to_fp32_and_says_so(models, photos):
     assert isinstance(predictor.classify(photos["chelsea"]), Prediction)
 
 
-def test_auto_precision_on_cpu_picks_the_fastest_this_cpu_has_without_a_note(models):
-    predictor = Predictor(models["resnet18"], "cpu", "auto")
-    assert predictor.precision == fast_precisions(CPU)[0]
+def test_auto_precision_on_cpu_serves_the_fastest_checked_path_without_a_note(models, tmp_path):
+    predictor = Predictor(models["resnet18"], "cpu", "auto", cache_dir=tmp_path)
+    choice = predictor.engine_choice
+    passed = [c for c in choice.candidates if c.passed]
     assert predictor.notes == []
+    assert f"{predictor.engine} {predictor.precision}" == choice.chosen == min(passed, key=lambda c: c.b1_ms).name
+    assert {"torch fp32", "openvino int8", "torch int8"} <= {c.name for c in choice.candidates}
 
 
 # --- the fast path against the fp32 reference --------------------------------------------
@@ -277,7 +280,11 @@ def test_concurrent_calls_give_exactly_the_answers_of_one_thread(predictors, pho
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         answers = [a for answers in pool.map(client, range(8)) for a in answers]
     assert len(answers) == 32
-    assert all(prediction == expected[i] for i, prediction in answers)
+    # Concurrent calls share forward passes (micro-batching): each gets its own rows, equal to
+    # the one-thread answer up to the rounding a batched convolution may differ by.
+    for i, prediction in answers:
+        assert prediction.labels == expected[i].labels
+        assert prediction.probabilities == pytest.approx(expected[i].probabilities, abs=1e-5)
 
 
 # --- timing -------------------------------------------------------------------------------
@@ -369,7 +376,7 @@ def test_comparison_table_has_one_row_per_model_with_the_documented_columns(comp
     for row in rows:
         assert list(row) == [
             "model", "top-1", "confidence", "first call after load (ms)", "p10 (ms)", "median (ms)", "p90 (ms)",
-            "runs", "images/s", "parameters (M)", "GMACs", "device", "precision",
+            "runs", "images/s", "parameters (M)", "GMACs", "device", "engine", "why this engine",
         ]
         assert row["p10 (ms)"] <= row["median (ms)"] <= row["p90 (ms)"]
         assert row["top-1"] == comparison.predictions[row["model"]].top1

@@ -1,0 +1,597 @@
+"""Inference engines behind the :class:`~resnet_hub.predict.Predictor`, and the choice among them.
+
+Two engines, several precisions each:
+
+* ``torch``: the model itself, BatchNorm folded into the convolutions, channels_last;
+  fp32, bf16 (CPUs with AVX-512-BF16/AMX, Ampere+ GPUs), fp16 (GPUs), int8 (FX static
+  quantization, PyTorch's x86 engine: VNNI CPUs). GPUs always run torch.
+* ``openvino`` (CPUs): the model converted by ``openvino.convert_model``; fp32, bf16 (where the
+  CPU computes it) and int8 (NNCF post-training quantization on real calibration images).
+
+Every engine returns ``(logits, features)``: fp32 logits and the last stage's feature map,
+from which the class activation map is drawn (:func:`cam_from_features`) with no second pass.
+
+``precision="auto"`` builds every candidate this machine has, checks each against the fp32
+model on real images of the model's kind that were *not* used to calibrate it, and keeps the
+fastest that passes (:func:`choose`). The evidence is an :class:`EngineChoice`. Converted and
+quantized OpenVINO models and the choice itself are cached on disk, keyed by the weights and
+the software, so a second start is quick; a cache entry that fails its checksum is rebuilt.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import threading
+import time
+import uuid
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .errors import ResNetHubError
+from .hardware import DTYPES, cpu_has_fast_bf16, cpu_has_int8, cpu_model_name, fast_precisions, synchronize
+from .model import Bottleneck, ResNet
+
+ENGINES = ("auto", "torch", "openvino")
+MAX_REL_ERROR = 0.1  # relative logit error against fp32 that a candidate may have
+MIN_AGREEMENT = 0.99  # top-1 agreement with fp32 a candidate needs, for trained weights
+CHECK_IMAGES = 48  # held-out images each candidate is checked on
+CALIBRATION_IMAGES = 32
+
+
+class EngineError(ResNetHubError, RuntimeError):
+    """An engine that cannot run this model here (missing, or the conversion failed)."""
+
+
+# ---------------------------------------------------------------------------
+# torch
+
+
+def fold_batchnorm(model: ResNet) -> ResNet:
+    """Fold every eval-mode BatchNorm into the convolution before it (in place); BN becomes Identity.
+
+    y = gamma * (Wx - mean) / sqrt(var + eps) + beta is one convolution with
+    scaled weights and a bias, so inference skips a full pass over each feature map.
+    """
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode (it uses the running statistics)")
+    pairs = [(model, "conv1", "bn1")]
+    for stage in (getattr(model, name) for name in model.stage_names):
+        for block in stage:
+            n = 3 if isinstance(block, Bottleneck) else 2
+            pairs += [(block, f"conv{i}", f"bn{i}") for i in range(1, n + 1)]
+            downsample = getattr(block, "downsample", None)
+            if isinstance(downsample, nn.Sequential) and len(downsample) == 2 and isinstance(downsample[1], nn.BatchNorm2d):
+                pairs.append((downsample, "0", "1"))
+    for parent, conv_name, bn_name in pairs:
+        conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+            setattr(parent, bn_name, nn.Identity())
+    return model
+
+
+class WithFeatures(nn.Module):
+    """``model`` returning ``(logits, last feature map)``: one pass gives the answer and its CAM."""
+
+    def __init__(self, model: ResNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.model.forward_features(x)
+        return self.model.forward_head(features), features
+
+
+def prepare_for_inference(model: ResNet, device: torch.device, precision: str, *, fold: bool = True) -> nn.Module:
+    """A copy of ``model`` set up for fast inference; the original is untouched."""
+    fast = copy.deepcopy(model).eval().to(device)
+    if fold:
+        fold_batchnorm(fast)
+    fast = fast.to(memory_format=torch.channels_last)
+    if precision != "fp32":
+        fast = fast.to(DTYPES[precision])
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    return fast
+
+
+def quantize_int8(model: ResNet, calibration: Tensor) -> nn.Module:
+    """Static int8 post-training quantization (FX graph mode, PyTorch's x86 engine) of a CPU copy.
+
+    Conv+BN+ReLU are fused, weights are quantized per channel, and activation
+    ranges are observed on ``calibration``: real images of the kind the model
+    will see, preprocessed. The result returns ``(logits, features)``.
+    """
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    float_model = WithFeatures(copy.deepcopy(model).float().eval().to("cpu")).eval()
+    with warnings.catch_warnings():
+        # torch.ao's FX API warns that it is deprecated; in torch 2.14 it is still the working int8 path.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        prepared = prepare_fx(float_model, get_default_qconfig_mapping("x86"), (calibration[:1],))
+        with torch.inference_mode():
+            for chunk in calibration.split(32):
+                prepared(chunk)
+        return convert_fx(prepared)
+
+
+def _compile(module: nn.Module) -> nn.Module:
+    import torch._inductor.config as inductor_config
+
+    # Freezing constant-folds the weights into the graph so oneDNN can pre-pack them.
+    inductor_config.freezing = True
+    return torch.compile(module, dynamic=False)
+
+
+class TorchEngine:
+    """The model in PyTorch: fp32/bf16/fp16 BN-folded and channels_last, or int8 (x86, CPU)."""
+
+    engine = "torch"
+
+    def __init__(self, model: ResNet, device: torch.device, precision: str, *, calibration: Tensor | None = None,
+                 fold: bool = True, compile: bool = False):
+        self.device, self.precision, self.compiled = device, precision, compile
+        if precision == "int8":
+            if device.type != "cpu" or not cpu_has_int8():
+                raise EngineError("torch int8 needs a CPU with PyTorch's x86 quantized engine")
+            if calibration is None:
+                raise EngineError("torch int8 needs calibration images")
+            module = quantize_int8(model, calibration)
+        else:
+            module = WithFeatures(prepare_for_inference(model, device, precision, fold=fold))
+        self.module = _compile(module) if compile else module
+        self.input_dtype = DTYPES[precision]
+
+    @property
+    def name(self) -> str:
+        return f"torch {self.precision}" + (" compiled" if self.compiled else "")
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.to(self.device, self.input_dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            logits, features = self.module(x)
+        return logits.float(), features.float()
+
+
+# ---------------------------------------------------------------------------
+# OpenVINO
+
+
+@functools.cache
+def openvino_available() -> str | None:
+    """None when OpenVINO imports and has a CPU device here, else why not."""
+    try:
+        import openvino as ov
+
+        if "CPU" not in ov.Core().available_devices:
+            return "OpenVINO sees no CPU device"
+    except Exception as e:  # noqa: BLE001 - a broken install can raise anything at import
+        return f"OpenVINO is not usable here ({type(e).__name__}: {e}); pip install openvino"
+    return None
+
+
+def openvino_version() -> str:
+    import openvino as ov
+
+    return ov.get_version()
+
+
+def nncf_version() -> str:
+    import nncf
+
+    return nncf.__version__
+
+
+class OpenVINOEngine:
+    """The model converted to OpenVINO (CPU): fp32, bf16 or int8 (NNCF), read from the cache when there.
+
+    Converted models are saved as OpenVINO IR under ``cache_dir``, one folder per
+    (weights, precision, calibration, OpenVINO and NNCF versions), with a manifest of
+    checksums; the compiled form goes to OpenVINO's own model cache beside it.
+    """
+
+    engine = "openvino"
+    compiled = False
+
+    def __init__(self, model: ResNet, precision: str, *, calibration: Tensor | None, cache_dir: Path | None,
+                 weights_key: str):
+        why = openvino_available()
+        if why:
+            raise EngineError(why)
+        if precision not in ("fp32", "bf16", "int8"):
+            raise EngineError(f"OpenVINO runs fp32, bf16 or int8, not {precision}")
+        if precision == "bf16" and not cpu_has_fast_bf16():
+            raise EngineError("OpenVINO bf16 needs a CPU with AVX-512-BF16 or AMX")
+        if precision == "int8" and calibration is None:
+            raise EngineError("OpenVINO int8 needs calibration images")
+        import openvino as ov
+
+        self.precision = precision
+        self.device = torch.device("cpu")
+        self.input_dtype = torch.float32
+        self.from_cache = False
+        size = model.preprocessing.input_size
+        key = _digest(weights_key, precision, openvino_version(),
+                      nncf_version() if precision == "int8" else "", _tensor_digest(calibration) if precision == "int8" else "")
+        ov_model = None
+        folder = cache_dir / f"openvino-{key[:24]}" if cache_dir else None
+        if folder is not None:
+            ov_model = _read_ir(folder)
+            self.from_cache = ov_model is not None
+        if ov_model is None:
+            ov_model = _converted(model, size, cache_dir, weights_key)
+            if precision == "int8":
+                ov_model = self._quantize(ov_model, calibration)
+            if folder is not None and precision == "int8":  # fp32 and bf16 share the converted IR
+                _write_ir(ov_model, folder)
+        config = {"PERFORMANCE_HINT": "LATENCY",
+                  # OpenVINO runs "fp32" models in bf16 on CPUs that have it unless told otherwise.
+                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        core = ov.Core()
+        if cache_dir is not None:
+            config["CACHE_DIR"] = str(cache_dir / "openvino-blobs")
+        try:
+            self.compiled_model = core.compile_model(ov_model, "CPU", config)
+        except Exception:  # noqa: BLE001 - a damaged blob in OpenVINO's cache: compile afresh without it
+            if "CACHE_DIR" not in config:
+                raise
+            shutil.rmtree(config.pop("CACHE_DIR"), ignore_errors=True)
+            self.compiled_model = core.compile_model(ov_model, "CPU", config)
+        self._requests = threading.local()
+
+    @staticmethod
+    def _quantize(ov_model, calibration: Tensor):
+        import logging
+
+        import nncf
+
+        nncf.set_log_level(logging.ERROR)
+        samples = [calibration[i : i + 1].numpy() for i in range(len(calibration))]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples),
+                                 preset=nncf.QuantizationPreset.PERFORMANCE)
+
+    @property
+    def name(self) -> str:
+        return f"openvino {self.precision}"
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled_model.create_infer_request()
+        out = request.infer({0: np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())})
+        logits, features = (torch.from_numpy(np.array(out[o])) for o in self.compiled_model.outputs)
+        return logits, features
+
+
+_CONVERTED: dict[str, Any] = {}  # weights key -> converted fp32 OpenVINO model (the last few, in this process)
+_CONVERTED_LOCK = threading.Lock()
+
+
+def _converted(model: ResNet, size: int, cache_dir: Path | None, weights_key: str):
+    """The model converted to OpenVINO (fp32), converted once: from memory, the disk cache, or afresh."""
+    import openvino as ov
+
+    key = _digest(weights_key, "converted", openvino_version())
+    with _CONVERTED_LOCK:
+        if key in _CONVERTED:
+            return _CONVERTED[key].clone()
+    folder = cache_dir / f"openvino-{key[:24]}" if cache_dir else None
+    ov_model = _read_ir(folder) if folder is not None else None
+    if ov_model is None:
+        wrapped = WithFeatures(copy.deepcopy(model).float().eval().to("cpu")).eval()
+        example = torch.zeros(1, model.config.in_chans, size, size)
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                ov_model = ov.convert_model(wrapped, example_input=example,
+                                            input=[(-1, model.config.in_chans, size, size)])
+        except Exception as e:  # noqa: BLE001 - any conversion failure means: fall back to torch
+            raise EngineError(f"OpenVINO could not convert this model ({type(e).__name__}: {str(e)[:200]})") from None
+        if folder is not None:
+            _write_ir(ov_model, folder)
+    with _CONVERTED_LOCK:
+        _CONVERTED[key] = ov_model
+        while len(_CONVERTED) > 2:
+            _CONVERTED.pop(next(iter(_CONVERTED)))
+    return ov_model.clone()
+
+
+def _read_ir(folder: Path):
+    """The cached IR in ``folder``, or None (absent, or damaged: then removed)."""
+    import openvino as ov
+
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        sums = json.loads(manifest.read_text())
+        for name, digest in sums.items():
+            if _file_digest(folder / name) != digest:
+                raise ValueError(f"{name} does not match its checksum")
+        return ov.Core().read_model(folder / "model.xml")
+    except Exception:  # noqa: BLE001 - a damaged cache entry is never half-read: rebuilt instead
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def _write_ir(ov_model, folder: Path) -> None:
+    """Save the IR to a temporary folder, checksum it, then rename it into place."""
+    import openvino as ov
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        ov.save_model(ov_model, staging / "model.xml", compress_to_fp16=False)
+        sums = {name: _file_digest(staging / name) for name in ("model.xml", "model.bin")}
+        (staging / "manifest.json").write_text(json.dumps(sums))
+        try:
+            os.rename(staging, folder)
+        except OSError:  # another process cached it first
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# The choice
+
+
+@dataclass
+class Candidate:
+    """One engine and precision, as checked and measured on this machine."""
+
+    name: str  # "openvino int8"
+    passed: bool
+    rel_error: float | None = None  # ||logits - fp32|| / ||fp32|| on the check images
+    top1_agreement: float | None = None
+    b1_ms: float | None = None  # median batch-1 latency
+    why: str = ""  # why it failed its check, or could not be built
+
+    def describe(self) -> str:
+        if self.rel_error is None:
+            return f"{self.name}: not available ({self.why})"
+        text = f"{self.name}: error {self.rel_error:.3f}, top-1 agreement {self.top1_agreement:.1%}"
+        if self.b1_ms is not None:
+            text += f", {self.b1_ms:.1f} ms at batch 1"
+        return text + (f" (refused: {self.why})" if not self.passed else "")
+
+
+@dataclass
+class EngineChoice:
+    """Which engine serves, why, and the evidence: data, shown in Compare and printed by ``bench``."""
+
+    chosen: str
+    candidates: list[Candidate]
+    gate: str  # the rule each candidate had to pass
+    check_set: str  # what it was checked on
+    seconds: float = 0.0  # time the choice took at this start
+    from_cache: bool = False  # the choice was read from the cache (and the chosen engine re-checked)
+    forced: bool = False  # the user named the engine and precision
+
+    @property
+    def runner_up(self) -> str | None:
+        passed = sorted((c for c in self.candidates if c.passed and c.b1_ms is not None and c.name != self.chosen),
+                        key=lambda c: c.b1_ms)
+        return passed[0].name if passed else None
+
+    def summary(self) -> str:
+        if self.forced:
+            return f"{self.chosen} (as asked)"
+        ours = next((c for c in self.candidates if c.name == self.chosen), None)
+        text = f"{self.chosen}, the fastest of {len(self.candidates)} checked paths"
+        if ours and ours.b1_ms is not None:
+            text += f" ({ours.b1_ms:.1f} ms at batch 1, error {ours.rel_error:.3f}, top-1 agreement {ours.top1_agreement:.0%})"
+        if self.runner_up:
+            runner = next(c for c in self.candidates if c.name == self.runner_up)
+            text += f"; runner-up {runner.name} ({runner.b1_ms:.1f} ms)"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "runner_up": self.runner_up}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EngineChoice:
+        data = {k: v for k, v in data.items() if k != "runner_up"}
+        data["candidates"] = [Candidate(**c) for c in data["candidates"]]
+        return cls(**data)
+
+
+def candidates(device: torch.device, engine: str = "auto") -> list[tuple[str, str]]:
+    """(engine, precision) pairs this device can run, for ``engine`` ("auto": all of them)."""
+    if engine not in ENGINES:
+        raise EngineError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if device.type == "cuda":
+        if engine == "openvino":
+            raise EngineError("OpenVINO runs on CPUs here; on a GPU the engine is torch")
+        return [("torch", p) for p in fast_precisions(device)]
+    pairs = []
+    if engine in ("auto", "openvino"):
+        pairs += [("openvino", "int8")] + ([("openvino", "bf16")] if cpu_has_fast_bf16() else []) + [("openvino", "fp32")]
+    if engine in ("auto", "torch"):
+        pairs += ([("torch", "int8")] if cpu_has_int8() else []) + [("torch", p) for p in fast_precisions(device)]
+        if ("torch", "fp32") not in pairs:
+            pairs.append(("torch", "fp32"))
+    return pairs
+
+
+def build(model: ResNet, device: torch.device, engine: str, precision: str, *, calibration: Tensor | None,
+          cache_dir: Path | None, weights_key: str, fold: bool = True, compile: bool = False):
+    """One engine, or an :class:`EngineError` saying why it cannot run here."""
+    if engine == "openvino":
+        if device.type != "cpu":
+            raise EngineError("OpenVINO runs on CPUs here")
+        return OpenVINOEngine(model, precision, calibration=calibration, cache_dir=cache_dir, weights_key=weights_key)
+    if precision in ("bf16", "fp16") and precision not in fast_precisions(device):
+        raise EngineError(f"{precision} is not fast on this {'CPU' if device.type == 'cpu' else 'GPU'}")
+    return TorchEngine(model, device, precision, calibration=calibration, fold=fold, compile=compile)
+
+
+def check(engine_fn: Callable[[Tensor], tuple[Tensor, Tensor]], images: Tensor, reference: Tensor, *,
+          trained: bool) -> tuple[float, float, str]:
+    """(relative logit error, top-1 agreement, why it fails or "") of an engine on held-out images."""
+    out = torch.cat([engine_fn(chunk)[0].cpu() for chunk in images.split(16)])
+    if not torch.isfinite(out).all():
+        return float("inf"), 0.0, "non-finite logits"
+    rel = ((out - reference).norm() / reference.norm().clamp_min(1e-12)).item()
+    agree = (out.argmax(1) == reference.argmax(1)).float().mean().item()
+    if rel > MAX_REL_ERROR:
+        return rel, agree, f"logit error {rel:.3f} > {MAX_REL_ERROR}"
+    if trained and agree < MIN_AGREEMENT:
+        return rel, agree, f"top-1 agreement {agree:.1%} < {MIN_AGREEMENT:.0%}"
+    return rel, agree, ""
+
+
+def measure_b1(engine_fn: Callable[[Tensor], Any], x: Tensor, device: torch.device, runs: int = 7) -> float:
+    """Median batch-1 latency in ms, after two warm-up calls."""
+    for _ in range(2):
+        engine_fn(x)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        engine_fn(x)
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def choose(model: ResNet, device: torch.device, *, engine: str, calibration: Tensor, check_images: Tensor,
+           trained: bool, check_set: str, cache_dir: Path | None, weights_key: str, fold: bool = True,
+           compile: bool = False, extra: dict[str, Callable[[], Any]] | None = None):
+    """(engine, EngineChoice): the fastest candidate that passes its check against fp32.
+
+    ``extra`` maps a name to a builder of a further candidate (tests pass a broken one).
+    A cached choice is reused when the chosen engine passes its check again; otherwise every
+    candidate is built, checked and timed afresh.
+    """
+    start = time.perf_counter()
+    gate = (f"relative logit error <= {MAX_REL_ERROR} and top-1 agreement >= {MIN_AGREEMENT:.0%} against fp32"
+            if trained else
+            f"relative logit error <= {MAX_REL_ERROR} against fp32 (random weights: no accuracy to protect, "
+            f"so top-1 agreement is reported but not required)")
+    with torch.inference_mode():
+        reference = torch.cat([model(chunk.to(device)).float().cpu() for chunk in check_images.split(16)])
+    builders: dict[str, Callable[[], Any]] = {
+        f"{e} {p}": functools.partial(build, model, device, e, p, calibration=calibration, cache_dir=cache_dir,
+                                      weights_key=weights_key, fold=fold, compile=compile)
+        for e, p in candidates(device, engine)
+    }
+    builders.update(extra or {})
+    choice_file = cache_dir / f"choice-{_digest(weights_key, str(device), *builders)[:24]}.json" if cache_dir else None
+    cached = _read_choice(choice_file)
+    if cached is not None and cached.chosen in builders:
+        try:
+            chosen = builders[cached.chosen]()
+            rel, agree, why = check(chosen, check_images, reference, trained=trained)
+            if not why:
+                cached.from_cache, cached.seconds = True, time.perf_counter() - start
+                return chosen, cached
+        except EngineError:
+            pass
+    found, built = [], {}
+    probe = check_images[:1]
+    for name, make in builders.items():
+        try:
+            candidate = make()
+        except EngineError as e:
+            found.append(Candidate(name, False, why=str(e)))
+            continue
+        rel, agree, why = check(candidate, check_images, reference, trained=trained)
+        b1 = measure_b1(candidate, probe, device) if not why else None
+        found.append(Candidate(name, not why, rel, agree, b1, why))
+        if not why:
+            built[name] = candidate
+    passed = sorted((c for c in found if c.passed), key=lambda c: c.b1_ms)
+    if not passed:
+        raise EngineError("no engine passed its check against fp32: " + "; ".join(c.describe() for c in found))
+    choice = EngineChoice(passed[0].name, found, gate, check_set, time.perf_counter() - start)
+    _write_choice(choice_file, choice)
+    return built[choice.chosen], choice
+
+
+def _read_choice(path: Path | None) -> EngineChoice | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        return EngineChoice.from_dict(json.loads(path.read_text()))
+    except Exception:  # noqa: BLE001 - a damaged choice file is chosen afresh
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _write_choice(path: Path | None, choice: EngineChoice) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(choice.to_dict(), indent=1))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# Keys
+
+
+def weights_key(model: nn.Module, extra: str = "") -> str:
+    """A digest of the weights, the architecture and the software: the cache key's base."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    config = getattr(model, "config", None)
+    h.update(repr(config).encode())
+    h.update(repr(getattr(model, "preprocessing", "")).encode())
+    h.update(f"{torch.__version__}|{platform.machine()}|{cpu_model_name()}|{torch.get_num_threads()}|{extra}".encode())
+    return h.hexdigest()
+
+
+def _tensor_digest(t: Tensor | None) -> str:
+    if t is None:
+        return ""
+    return hashlib.sha256(t.detach().to("cpu").contiguous().numpy().tobytes()).hexdigest()
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# CAM from the forward pass
+
+
+def cam_from_features(features: Tensor, fc_weight: Tensor, class_id: int) -> np.ndarray:
+    """Class activation map (Zhou et al. 2016) of one image from its last feature map, in [0, 1].
+
+    For a global-average-pool + linear head, Grad-CAM at the last stage is this map up to a
+    positive scale (each channel's gradient is ``fc.weight[class] / (h * w)``), so it comes from
+    the forward pass's own features, with no backward pass.
+    """
+    cam = torch.relu(torch.einsum("chw,c->hw", features.float(), fc_weight[class_id].float().to(features.device)))
+    top = cam.max()
+    return (cam / top if top > 0 else cam).cpu().numpy()

@@ -1,0 +1,316 @@
+"""The engines behind the Predictor: each against fp32 on real images, the automatic choice, the cache."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+import resnet_hub
+from resnet_hub import engines
+from resnet_hub.data import mnist_sample
+from resnet_hub.engines import EngineError, cam_from_features
+from resnet_hub.examples import calibration_images, check_images
+from resnet_hub.finetune import FinetuneConfig, finetune
+from resnet_hub.images import load_image, to_tensor_batch
+from resnet_hub.metadata import Preprocessing
+from resnet_hub.predict import Predictor, default_calibration, default_check_images
+
+from .conftest import randomize_batchnorm
+
+CPU = torch.device("cpu")
+SIZE = 64
+
+
+def photo_model(arch: str = "resnet18", size: int = SIZE) -> resnet_hub.HubResNet:
+    torch.manual_seed(0)
+    model = resnet_hub.create(arch, num_classes=10, preprocessing=Preprocessing(input_size=size, crop_pct=0.875))
+    return randomize_batchnorm(model, 0).eval()
+
+
+@pytest.fixture(scope="module")
+def digit_model(tmp_path_factory) -> resnet_hub.HubResNet:
+    """A ResNet-18 trained here on real MNIST digits: weights with an accuracy to protect."""
+    config = FinetuneConfig(base="scratch:resnet18", epochs=3, image_size=32, batch_size=64, seed=0)
+    result = finetune(mnist_sample(limit_per_class=200), config)
+    folder = result.save(tmp_path_factory.mktemp("digits") / "digits")
+    return resnet_hub.load(folder)
+
+
+def error_and_agreement(engine, model, images):
+    with torch.inference_mode():
+        ref = model.eval()(images)
+    out = engine(images)[0]
+    return ((out - ref).norm() / ref.norm()).item(), (out.argmax(1) == ref.argmax(1)).float().mean().item()
+
+
+# --- each engine against fp32 -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["torch fp32", "torch int8", "openvino fp32", "openvino int8"])
+def test_each_engine_agrees_with_fp32_on_held_out_digits(name, digit_model):
+    engine, precision = name.split()
+    calibration = default_calibration(digit_model)
+    built = engines.build(digit_model, CPU, engine, precision, calibration=calibration, cache_dir=None,
+                          weights_key=engines.weights_key(digit_model))
+    images, what = default_check_images(digit_model)
+    rel, agree = error_and_agreement(built, digit_model, images)
+    assert "not used for calibration" in what
+    assert rel <= engines.MAX_REL_ERROR
+    assert agree >= engines.MIN_AGREEMENT
+
+
+@pytest.mark.parametrize("name", ["torch fp32", "torch int8", "openvino fp32", "openvino int8"])
+def test_each_engine_keeps_the_logits_of_a_photo_model_within_the_gate(name):
+    model = photo_model()
+    engine, precision = name.split()
+    built = engines.build(model, CPU, engine, precision, calibration=default_calibration(model), cache_dir=None,
+                          weights_key=engines.weights_key(model))
+    images, _ = default_check_images(model)
+    rel, _ = error_and_agreement(built, model, images)
+    assert rel <= (1e-4 if precision == "fp32" else engines.MAX_REL_ERROR)
+
+
+def test_check_images_are_never_calibration_images():
+    for kind in ("photo", "digits"):
+        calibration = {np.asarray(i).tobytes() for i in calibration_images(kind, 32)}
+        shifted = {np.asarray(i).tobytes() for i in calibration_images(kind, 32, offset=32)}
+        checked = {np.asarray(i).tobytes() for i in check_images(kind, 48)[0]}
+        assert len(checked) == 48 and not calibration & checked
+        assert not calibration & shifted  # offset picks another set (it used to be ignored for photos)
+
+
+# --- the automatic choice ----------------------------------------------------------------
+
+
+class _FastButWrong:
+    """A candidate faster than any real one whose logits are garbage: auto must never serve it."""
+
+    engine, precision, compiled, device, input_dtype = "broken", "int8", False, CPU, torch.float32
+    name = "broken int8"
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x):
+        logits, features = self.model.forward_head(f := self.model.forward_features(x)), None
+        return torch.randn_like(logits) * 10, f
+
+
+def test_auto_never_picks_a_candidate_that_failed_its_check(tmp_path):
+    model = photo_model()
+    predictor = Predictor(model, "cpu", cache_dir=tmp_path,
+                          extra_candidates={"broken int8": lambda: _FastButWrong(model)})
+    broken = next(c for c in predictor.engine_choice.candidates if c.name == "broken int8")
+    assert not broken.passed and "logit error" in broken.why
+    assert predictor.engine_choice.chosen != "broken int8"
+    assert predictor.engine != "broken"
+
+
+def test_trained_weights_are_gated_on_top1_agreement_too(digit_model, tmp_path):
+    predictor = Predictor(digit_model, "cpu", cache_dir=tmp_path)
+    choice = predictor.engine_choice
+    assert "top-1 agreement >=" in choice.gate and "MNIST digits not used for calibration" in choice.check_set
+    for c in choice.candidates:
+        if c.passed:
+            assert c.rel_error <= 0.1 and c.top1_agreement >= 0.99
+    random = Predictor(photo_model(), "cpu", cache_dir=tmp_path)
+    assert "random weights" in random.engine_choice.gate
+
+
+def test_the_choice_is_shown_as_evidence(tmp_path):
+    predictor = Predictor(photo_model(), "cpu", cache_dir=tmp_path)
+    choice = predictor.engine_choice
+    summary = choice.summary()
+    assert choice.chosen in summary and "ms at batch 1" in summary
+    if choice.runner_up:
+        assert f"runner-up {choice.runner_up}" in summary
+    assert {"chosen", "candidates", "gate", "check_set", "runner_up"} <= set(choice.to_dict())
+
+
+def test_a_forced_engine_that_is_missing_falls_back_to_torch_and_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(engines, "openvino_available", lambda: "OpenVINO is not usable here (test)")
+    predictor = Predictor(photo_model(), "cpu", "int8", engine="openvino", cache_dir=tmp_path)
+    assert (predictor.engine, predictor.precision) == ("torch", "int8")
+    assert any("openvino int8 is not available here" in n and "not usable" in n for n in predictor.notes)
+    auto = Predictor(photo_model(), "cpu", cache_dir=tmp_path / "other")
+    assert all(c.name.startswith("torch") for c in auto.engine_choice.candidates if c.passed)
+    assert any(c.name.startswith("openvino") and "not usable" in c.why for c in auto.engine_choice.candidates)
+
+
+def test_a_model_openvino_cannot_convert_falls_back_and_says_why(monkeypatch, tmp_path):
+    import openvino
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("unsupported operation aten::weird")
+
+    monkeypatch.setattr(openvino, "convert_model", refuse)
+    monkeypatch.setattr(engines, "_CONVERTED", {})  # nothing converted earlier in this process either
+    predictor = Predictor(photo_model(), "cpu", "fp32", engine="openvino", cache_dir=tmp_path)
+    assert predictor.engine == "torch"
+    assert any("could not convert" in n and "aten::weird" in n for n in predictor.notes)
+
+
+# --- the cache ---------------------------------------------------------------------------
+
+
+def test_the_engine_cache_survives_a_restart_and_a_damaged_entry_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setattr(engines, "_CONVERTED", {})  # as in a new process
+    model = photo_model()
+    calibration = default_calibration(model)
+    key = engines.weights_key(model)
+    x = default_check_images(model)[0][:4]
+    first = engines.OpenVINOEngine(model, "int8", calibration=calibration, cache_dir=tmp_path, weights_key=key)
+    assert not first.from_cache
+    second = engines.OpenVINOEngine(model, "int8", calibration=calibration, cache_dir=tmp_path, weights_key=key)
+    assert second.from_cache
+    assert torch.allclose(first(x)[0], second(x)[0], atol=1e-5)
+    folders = [p for p in tmp_path.glob("openvino-*") if p.name != "openvino-blobs"]
+    assert len(folders) == 2  # the converted model and its int8 form
+    for folder in folders:
+        weights = folder / "model.bin"
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one flipped byte: the checksum catches it, nothing half-read
+        weights.write_bytes(bytes(data))
+    engines._CONVERTED.clear()  # a restart
+    third = engines.OpenVINOEngine(model, "int8", calibration=calibration, cache_dir=tmp_path, weights_key=key)
+    assert not third.from_cache
+    assert torch.allclose(first(x)[0], third(x)[0], atol=1e-5)
+    assert engines.OpenVINOEngine(model, "int8", calibration=calibration, cache_dir=tmp_path,
+                                  weights_key=key).from_cache
+
+
+def test_a_second_start_reuses_the_choice_and_rechecks_it(tmp_path):
+    model = photo_model()
+    first = Predictor(model, "cpu", cache_dir=tmp_path)
+    second = Predictor(model, "cpu", cache_dir=tmp_path)
+    assert not first.engine_choice.from_cache and second.engine_choice.from_cache
+    assert second.engine_choice.chosen == first.engine_choice.chosen
+    (choice_file,) = tmp_path.glob("choice-*.json")
+    choice_file.write_text("{not json")
+    third = Predictor(model, "cpu", cache_dir=tmp_path)
+    assert not third.engine_choice.from_cache  # a damaged choice is made afresh
+
+
+# --- the image pipeline ------------------------------------------------------------------
+
+
+def big_jpegs() -> list[bytes]:
+    """Real photos at phone size (2,048 px wide), as JPEG."""
+    out = []
+    for name in ("chelsea", "coffee", "rocket", "astronaut", "retina", "hubble_deep_field", "immunohistochemistry"):
+        photo = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        for flip in (False, True):
+            big = photo.resize((2048, 2048 * photo.height // photo.width), Image.Resampling.LANCZOS)
+            if flip:
+                big = big.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            buffer = io.BytesIO()
+            big.save(buffer, format="JPEG", quality=90)
+            out.append(buffer.getvalue())
+    return out
+
+
+def test_reduced_scale_decode_agrees_with_the_full_decode():
+    p = Preprocessing()  # 224 px, resized to 256 first
+    jpegs = big_jpegs()
+    drafted = [load_image(j, draft=p.resize_size) for j in jpegs]
+    full = [load_image(j) for j in jpegs]
+    assert all(min(d.size) >= p.resize_size and d.width < f.width // 2 for d, f in zip(drafted, full))
+    a, b = to_tensor_batch(full, p), to_tensor_batch(drafted, p)
+    assert (a - b).abs().mean() < 0.08  # normalised units: ~1.5% of the pixel range
+    torch.manual_seed(0)
+    model = randomize_batchnorm(resnet_hub.create("resnet18", num_classes=10), 0).eval()
+    with torch.inference_mode():
+        la, lb = model(a), model(b)
+    assert (la.argmax(1) == lb.argmax(1)).float().mean() >= 0.99
+    assert ((la - lb).norm() / la.norm()) < 0.1
+
+
+def test_small_images_and_other_formats_are_decoded_in_full():
+    photo = Image.fromarray(skimage.data.chelsea())
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG")
+    assert load_image(buffer.getvalue(), draft=256).size == photo.size
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG")
+    assert load_image(buffer.getvalue(), draft=256).size == photo.size  # under twice the target: no draft
+
+
+# --- serving -----------------------------------------------------------------------------
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tmp_path):
+    predictor = Predictor(photo_model(), "cpu", "fp32", cache_dir=tmp_path)
+    images = [v for name in ("chelsea", "coffee", "rocket", "astronaut") for v in
+              (getattr(skimage.data, name)(), np.fliplr(getattr(skimage.data, name)()))]
+    expected = [predictor.classify(i, top_k=3) for i in images]
+    slow = predictor._engine
+
+    def slower(x):  # each pass takes long enough for the other requests to queue behind it
+        time.sleep(0.05)
+        return slow(x)
+
+    predictor._engine = slower
+    before = predictor.batches_run
+    start = threading.Barrier(len(images), timeout=60)
+
+    def client(i):
+        start.wait()
+        return predictor.classify(images[i], top_k=3)
+
+    with __import__("concurrent.futures").futures.ThreadPoolExecutor(len(images)) as pool:
+        answers = list(pool.map(client, range(len(images))))
+    for got, want in zip(answers, expected):
+        assert got.labels == want.labels
+        assert got.probabilities == pytest.approx(want.probabilities, abs=1e-5)
+    assert predictor.batches_run - before < len(images)  # some requests shared a pass
+
+
+def test_a_failing_pass_reaches_every_request_in_it(tmp_path):
+    predictor = Predictor(photo_model(), "cpu", "fp32", cache_dir=tmp_path)
+
+    def broken(x):
+        raise RuntimeError("out of memory (test)")
+
+    predictor._engine = broken
+    with pytest.raises(RuntimeError, match="out of memory"):
+        predictor.classify(skimage.data.chelsea())
+
+
+def test_cam_from_the_forward_pass_equals_backward_grad_cam(tmp_path):
+    model = photo_model("resnet50", size=128)  # layer4's map is 4x4: grad-CAM's own layer
+    predictor = Predictor(model, "cpu", "fp32", cache_dir=tmp_path)
+    assert predictor.cam_is_exact
+    picture = load_image(skimage.data.chelsea())
+    x = to_tensor_batch([picture], model.preprocessing)
+    logits, features = predictor.forward(x)
+    class_id = int(logits.argmax())
+    fast = cam_from_features(features[0], model.fc.weight.detach(), class_id)
+    from resnet_hub.predict import _GradCAM
+
+    slow, _ = _GradCAM(model, CPU)(x, class_id)
+    assert fast.shape == slow.shape
+    np.testing.assert_allclose(fast, slow, atol=1e-4)
+    prediction, overlay = predictor.classify_with_heatmap(picture)
+    assert prediction.class_ids[0] == class_id and overlay.size == (128, 128)
+
+
+def test_digit_models_keep_grad_cam_where_cam_is_not_exact(digit_model, tmp_path):
+    predictor = Predictor(digit_model, "cpu", "fp32", cache_dir=tmp_path)
+    assert not predictor.cam_is_exact  # 32 px: layer4's map is 1x1, grad-CAM uses an earlier stage
+    digit = mnist_sample(limit_per_class=1).images[0]
+    prediction, overlay = predictor.classify_with_heatmap(digit)
+    assert overlay.size == (32, 32) and prediction.labels
+
+
+def test_an_unknown_engine_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="choose one of auto, torch, openvino"):
+        Predictor(photo_model(), "cpu", engine="tensorrt", cache_dir=None)
+    with pytest.raises(EngineError, match="OpenVINO runs on CPUs"):
+        engines.candidates(torch.device("cuda"), "openvino")
