@@ -83,3 +83,76 @@ def running_app(root: Path) -> Iterator[RunningApp]:
             else:
                 os.environ[key] = value
 
+
+
+SPACE_ENV = {  # what a Hugging Face Space sets (any values do: nothing here reaches huggingface.co)
+    "SYSTEM": "spaces", "SPACE_ID": "resnet-hub/test-space", "OAUTH_CLIENT_ID": "test-client-id",
+    "OAUTH_CLIENT_SECRET": "test-client-secret", "OAUTH_SCOPES": "openid profile inference-api",
+    "OPENID_PROVIDER_URL": "https://huggingface.co",
+}
+
+
+@dataclass(frozen=True)
+class ServedApp:
+    url: str
+    home: Path
+    process: Any  # subprocess.Popen
+    log: Path
+
+
+@contextmanager
+def space_app(root: Path, *, extra_env: dict[str, str] | None = None) -> Iterator[ServedApp]:
+    """app.py started as a Space starts it: its own process (Gradio reads the OAuth variables at import),
+    Space mode, offline, with tiny pre-built starters; served on 127.0.0.1 until the block exits."""
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    home, gradio_tmp, empty_cache = root / "home", root / "gradio", root / "hf-cache"
+    for folder in (home, gradio_tmp, empty_cache):
+        folder.mkdir(parents=True, exist_ok=True)
+    saved = os.environ.get("RESNET_HUB_HOME")
+    os.environ["RESNET_HUB_HOME"] = str(home)
+    try:
+        build_tiny_starters()
+    finally:
+        if saved is None:
+            os.environ.pop("RESNET_HUB_HOME")
+        else:
+            os.environ["RESNET_HUB_HOME"] = saved
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GRADIO_"))}
+    env.update(SPACE_ENV, RESNET_HUB_HOME=str(home), HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(empty_cache),
+               HF_HOME=str(root / "hf-home"), GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(gradio_tmp),
+               GRADIO_SSR_MODE="true", **(extra_env or {}))
+    code = ("import app; app.demo.launch(server_name='127.0.0.1', server_port=%d, quiet=True, **app.launch_options())"
+            % port)
+    log = root / "app.log"
+    repo = Path(__file__).resolve().parent.parent
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-c", code], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the Space-mode app exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(url, timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Space-mode app did not serve within 180 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield ServedApp(url, home, process, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
