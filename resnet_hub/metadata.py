@@ -84,6 +84,32 @@ def imagenet_labels() -> tuple[str, ...]:
     return tuple(text.splitlines())
 
 
+def repeated_labels(labels: list[str]) -> dict[str, list[int]]:
+    """Each label name given to more than one class, with those classes' indices."""
+    where: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        where.setdefault(str(label), []).append(i)
+    return {label: ids for label, ids in where.items() if len(ids) > 1}
+
+
+def check_labels(labels: list[str], where: str) -> None:
+    """Refuse label names that repeat: a prediction keyed by name would merge those classes."""
+    repeated = repeated_labels(labels)
+    if repeated:
+        shown = "; ".join(f"{label!r} for classes {', '.join(map(str, ids))}" for label, ids in list(repeated.items())[:5])
+        raise ValueError(f"{where}: label names repeat ({shown}): give each class its own name")
+
+
+def distinct_labels(labels: list[str]) -> tuple[list[str], str | None]:
+    """Repeated names made distinct by their class index (``crane (class 134)``), with a note saying so."""
+    repeated = repeated_labels(labels)
+    if not repeated:
+        return list(labels), None
+    out = [f"{label} (class {i})" if str(label) in repeated else label for i, label in enumerate(labels)]
+    names = ", ".join(repr(label) for label in list(repeated)[:5])
+    return out, f"label names repeat in the checkpoint's config ({names}): each is shown with its class index"
+
+
 def default_labels(num_classes: int) -> list[str]:
     if num_classes == 1000:
         return list(imagenet_labels())

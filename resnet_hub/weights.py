@@ -38,7 +38,7 @@ from .errors import (
 )
 from .hub import parse_repo_id, pickle_checkpoints, resolve
 from .layouts import CONFIG_NAME, WEIGHTS_NAME, Layout, detect_layout, read_json
-from .metadata import FORMAT, FORMAT_VERSION, Preprocessing, WeightsInfo, default_labels
+from .metadata import FORMAT, FORMAT_VERSION, Preprocessing, WeightsInfo, check_labels, default_labels, distinct_labels
 from .model import ResNet, ResNetConfig, UnknownArchitectureError
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class HubResNet(ResNet):
             info = WeightsInfo(default_labels(config.num_classes), Preprocessing.for_stem(config.stem, config.in_chans))
         if len(info.labels) != config.num_classes:
             raise ValueError(f"{len(info.labels)} label names for a {config.num_classes}-class head")
+        check_labels(info.labels, "the label names")
         self.info = info
 
     @property
@@ -79,6 +80,7 @@ class HubResNet(ResNet):
         labels = list(labels) if labels is not None else default_labels(num_classes)
         if len(labels) != num_classes:
             raise ValueError(f"{len(labels)} label names for a {num_classes}-class head")
+        check_labels(labels, "the label names")
         super().reset_head(num_classes)
         self.info.labels = labels
 
@@ -297,6 +299,15 @@ def load(
         raise LayoutError(f"{config_path} is not a valid {layout.name} config: {e!r}") from None
     info.source = str(source)
     info.layout = layout.name
+    if layout.name == FORMAT:  # this project writes distinct names: a repeat is a hand-edited or foreign config
+        try:
+            check_labels(info.labels, str(config_path))
+        except ValueError as e:
+            raise LayoutError(f"{e} in its \"labels\" list") from None
+    else:  # timm and transformers configs on the Hub do repeat names (ImageNet's two 'crane's): keep them apart
+        info.labels, note = distinct_labels(info.labels)
+        if note:
+            info.notes.append(note)
 
     state = _read_state(weights_path, layout, device)
     with torch.device("meta"):
@@ -315,6 +326,7 @@ def load(
     elif labels is not None:
         if len(labels) != config.num_classes:
             raise ValueError(f"{len(labels)} label names for the {config.num_classes}-class head of {source}")
+        check_labels(list(labels), f"the label names given for {source}")
         model.info.labels = list(labels)
     return model
 

@@ -405,3 +405,33 @@ def test_push_to_a_malformed_repo_id_is_refused_before_any_request(fake_hub, sav
     with pytest.raises(SourceError):
         model.push_to_hub(repo_id, token=TOKEN)
     assert fake_hub.requests == []
+
+
+# -- label names that repeat: a prediction keyed by name would merge those classes ---------------------------
+
+
+def test_repeated_label_names_in_resnet_hubs_own_config_are_refused_at_load(saved_models, copy_of):
+    folder = copy_of(saved_models["resnet18"])
+    _rewrite_config(folder, labels=["cat", "dog", "cat"] + [f"digit {i}" for i in range(3, 10)])
+    with pytest.raises(LayoutError, match=r"label names repeat \('cat' for classes 0, 2\)"):
+        resnet_hub.load(folder, device="cpu")
+
+
+def test_repeated_label_names_from_the_hub_are_kept_apart_by_class_index(transformers_folders, copy_of):
+    _, original = transformers_folders["resnet18"]
+    folder = copy_of(original)
+    _rewrite_config(folder, id2label={"0": "crane", "1": "bee", "2": "crane", "3": "dog"})  # as ImageNet's two cranes
+    model = resnet_hub.load(folder, device="cpu")
+    assert model.labels == ["crane (class 0)", "bee", "crane (class 2)", "dog"]
+    assert any("label names repeat" in note for note in model.info.notes)
+    from resnet_hub.predict import Predictor
+
+    prediction = Predictor(model, "cpu", "fp32").classify(torch.rand(3, 64, 64).numpy().transpose(1, 2, 0), top_k=4)
+    assert len(prediction.as_dict()) == 4
+
+
+def test_repeated_label_names_are_refused_when_given(saved_models):
+    with pytest.raises(ValueError, match="label names repeat"):
+        resnet_hub.create("resnet18", num_classes=2, labels=["cat", "cat"])
+    with pytest.raises(ValueError, match="label names repeat"):
+        resnet_hub.load(saved_models["resnet18"], device="cpu", labels=["x"] * 10)
