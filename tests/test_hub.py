@@ -74,3 +74,20 @@ def test_the_library_keeps_huggingface_hubs_own_token(hub, saved_models):
     hub.add_model("me/my-private-resnet", saved_models["resnet18"], private=True)
     load("me/my-private-resnet", device="cpu")  # a library user's own login reaches their own repo
     assert {r.headers["authorization"] for r in hub.authorized()} == {f"Bearer {OWNER_TOKEN}"}
+
+
+def test_every_image_this_project_opens_is_opened_with_the_accepted_formats_only():
+    """Pillow 12's decoders have known flaws that 13 fixes, and gradio 6.31 pins pillow<13: until the pin
+    moves, every Image.open names the formats it accepts, so no other decoder ever sees visitor bytes."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    unrestricted = []
+    for path in [root / "app.py", *sorted((root / "resnet_hub").rglob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "open"
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id in ("Image", "PIL")
+                    and not any(k.arg == "formats" for k in node.keywords)):
+                unrestricted.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert unrestricted == []
