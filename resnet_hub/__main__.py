@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="batch for the throughput column (default: %(default)s)")
     p.add_argument("--runs", type=int, default=10, help="timed runs per measurement (default: %(default)s)")
     p.add_argument("--variants", nargs="+", default=None,
-                   help="fast-path variants to run (default: all that this device supports)")
+                   help="resnet-hub engines to run, e.g. 'openvino int8' 'torch fp32' (default: all that this device runs)")
     _add_common(p, model=False)
     p.set_defaults(run=_bench)
 
@@ -360,7 +360,11 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
         compile=args.compile, log=None if args.json else print,
     )
     if not args.json:
+        print("\nModel only (preprocessed batches):")
         print_table(report["rows"])
+        print("\nEnd to end (JPEG files -> top-5):")
+        print_table(report["end_to_end"])
+        print()
         for note in report["notes"]:
             print(f"note: {note}")
     return report

@@ -37,6 +37,11 @@ AUGMENTATIONS = ("photo", "digits", "none")
 
 _ALLOWED_LIST = ", ".join(sorted(ALLOWED_FORMATS))
 _WHITE = (255, 255, 255, 255)
+_PIL_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
 _INTERPOLATION = {
     "nearest": InterpolationMode.NEAREST,
     "bilinear": InterpolationMode.BILINEAR,
@@ -381,14 +386,44 @@ def to_tensor_batch(images: Sequence[Image.Image], p: Preprocessing) -> Tensor:
     >>> to_tensor_batch(decode_batch(["cat.jpg", "dog.png"]), Preprocessing()).shape   # doctest: +SKIP
     torch.Size([2, 3, 224, 224])
     """
-    transform = eval_transform(p)
     for i, img in enumerate(images, 1):
         if not isinstance(img, Image.Image):
             raise TypeError(f"image {i} is a {type(img).__name__}, not a PIL image: decode it with load_image first")
-    tensors = parallel_map(lambda img: transform(_to_rgb(img)), images)
-    if not tensors:
+    if not images:
         return torch.empty((0, len(p.mean), p.input_size, p.input_size))
-    return torch.stack(tensors)
+    _channels(p)  # an unsupported channel count is refused here, as eval_transform refuses it
+    crops = parallel_map(lambda img: np.asarray(crop_resized(_to_rgb(img), p)), images)
+    batch = torch.from_numpy(np.stack(crops))  # (B, H, W) or (B, H, W, C) uint8
+    batch = batch.unsqueeze(1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
+    mean = torch.tensor(p.mean).view(1, -1, 1, 1)
+    std = torch.tensor(p.std).view(1, -1, 1, 1)
+    # the same arithmetic as eval_transform's ToDtype(scale=True) then Normalize, once for the batch
+    return ((batch.float() / 255.0) - mean) / std
+
+
+def crop_resized(img: Image.Image, p: Preprocessing) -> Image.Image:
+    """:func:`resize_and_crop` in one resampling pass: only the centre crop's source box is resized.
+
+    Each output pixel samples the source at the same place, with the same filter reaching into
+    the same neighbours, as a resize of the whole image followed by the crop (the two differ by at
+    most one 8-bit level, from rounding); the pixels the crop throws away are never computed.
+    """
+    if len(p.mean) == 1:
+        img = img.convert("L")
+    w, h = img.size
+    size, crop = p.resize_size, p.input_size
+    # torchvision's Resize(int): the shorter side becomes ``size``, the longer keeps the aspect ratio
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    if crop > new_w or crop > new_h:  # CenterCrop would pad: leave that rare case to torchvision
+        return resize_and_crop(p)(img)
+    top = int(round((new_h - crop) / 2.0))
+    left = int(round((new_w - crop) / 2.0))
+    sx, sy = w / new_w, h / new_h
+    box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+    return img.resize((crop, crop), _PIL_RESAMPLE[p.interpolation], box=box)
 
 
 def denormalize(t: Tensor, p: Preprocessing) -> Tensor:

@@ -232,6 +232,22 @@ def test_reduced_scale_decode_agrees_with_the_full_decode():
     assert ((la - lb).norm() / la.norm()) < 0.1
 
 
+@pytest.mark.parametrize("p", [Preprocessing(), Preprocessing(input_size=64, crop_pct=0.875),
+                               Preprocessing(input_size=32, crop_pct=1.0, interpolation="bilinear"),
+                               Preprocessing(input_size=28, crop_pct=1.0, mean=(0.1307,), std=(0.3081,))])
+def test_the_one_pass_crop_equals_resize_then_crop_to_one_8_bit_level(p):
+    from resnet_hub.images import eval_transform
+
+    pictures = [load_image(getattr(skimage.data, n)()) for n in ("chelsea", "coffee", "astronaut", "camera", "retina")]
+    pictures.append(pictures[0].resize((301, 999)))  # tall and odd-sized
+    fast = to_tensor_batch(pictures, p)
+    exact = torch.stack([eval_transform(p)(picture) for picture in pictures])
+    std = torch.tensor(p.std).view(1, -1, 1, 1)
+    assert fast.shape == exact.shape
+    assert ((fast - exact).abs() * std).max() <= 1 / 255 + 1e-6  # in pixel units
+    assert ((fast - exact).abs() * std).mean() < 1e-3
+
+
 def test_small_images_and_other_formats_are_decoded_in_full():
     photo = Image.fromarray(skimage.data.chelsea())
     buffer = io.BytesIO()
