@@ -827,10 +827,12 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
                                        elem_id="finetune-epochs")
                     lr = gr.Number(value=0.05, minimum=0, label="Learning rate")
                     freeze = gr.Dropdown(FREEZE_CHOICES, value=FREEZE_AUTO, label="Frozen stages",
-                                         info=f"auto: {FREEZE_ADVICE}; from scratch or on digits, none",
                                          elem_id="finetune-freeze")
-                    seed = gr.Number(value=0, precision=0, label="Seed (split, order, initialisation)",
+                    seed = gr.Number(value=0, precision=0, label="Seed", info="split, order and initialisation",
                                      elem_id="finetune-seed")
+                gr.Markdown(f"_Frozen stages, auto: {FREEZE_ADVICE}. From scratch or on digits every stage trains. "
+                            f"Frozen stages run once per image (a cache of their features), so the rest trains "
+                            f"in seconds._", elem_id="finetune-freeze-advice")
                 name = gr.Textbox(label="Name for the new model (empty: named after the data, never replacing one)",
                                   placeholder="e.g. my-pets", elem_id="finetune-name")
                 with gr.Row():
@@ -856,7 +858,8 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
                                                   elem_id="finetune-predicted-class")
                 mistakes_caption = gr.Markdown(elem_id="finetune-mistakes-caption")
                 mistakes = gr.Gallery(label="Misclassified validation images, most confident first", columns=6,
-                                      height="auto", elem_id="finetune-mistakes")
+                                      height="auto", preview=False, object_fit="scale-down",
+                                      elem_id="finetune-mistakes")
                 download = gr.File(label="Download the weights (model.safetensors + config.json + README.md)",
                                    elem_id="finetune-download")
         with gr.Accordion("Push to the Hugging Face Hub", open=False):

@@ -494,7 +494,8 @@ def finetune(
         emit(event)
 
     batch_note = "" if config.batch_size is not None else f"batch {batch_size} (default {DEFAULT_BATCH_SIZE}, clipped to the {len(train_idx)} training images)" if batch_size < DEFAULT_BATCH_SIZE else ""
-    notes = [n for n in (precision_note, *model.info.notes, freeze_note, batch_note, plan.message) if n]
+    model.info.notes += [n for n in (freeze_note, batch_note, plan.message) if n]  # the app and CLI show them at the end
+    notes = [n for n in (precision_note, *model.info.notes) if n]
     report(Event("start", 0, total_steps, 0, config.epochs, message=_start_message(dataset, model, device, precision, world, notes)))
     start = time.perf_counter()
 

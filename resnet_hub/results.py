@@ -93,3 +93,20 @@ def _numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+MAX_REVIEW_IMAGES = 200  # misclassified images kept for review after a run, the most confident first
+
+
+def mistake_thumbnails(dataset, results: ValidationResults, limit: int = MAX_REVIEW_IMAGES, side: int = 160) -> dict:
+    """Small copies of the misclassified images (dataset index -> PIL image), the ``limit`` most confident, so a
+    run's mistakes can be looked at after its dataset is gone."""
+    out = {}
+    for m in results.all_mistakes[:limit]:
+        image = dataset.images[m.index].copy()
+        image.thumbnail((side, side))
+        if max(image.size) < 96:  # a 28 px digit: enlarged, pixels kept sharp, so it can be seen
+            scale = 96 // max(image.size)
+            image = image.resize((image.width * scale, image.height * scale), resample=0)
+        out[m.index] = image
+    return out

@@ -237,6 +237,9 @@ def test_the_compare_chart_draws_each_bar_at_its_table_value(page, artifacts):
     value = {(headers[i], row[0]): row[i] for row in rows for i in range(1, len(headers))}
     models = headers[1:]
     assert models == ["ResNet-18 (starter digits)", "ResNet-50 (starter digits)"]
+    for model in models:  # the engine each model ran on, and why: shown, not only in the API
+        assert value[(model, "engine")].split()[0] in ("torch", "openvino")
+        assert "checked paths" in value[(model, "why this engine")]
 
     y = axes(page, "#compare-chart")["y"]
     assert all(is_number(t) for t in labels(y)) and len(y) >= 2
@@ -291,6 +294,55 @@ def train_in_the_browser(page, artifacts, data: Path, *, epochs: int = 4, shot: 
     page.wait_for_function("() => !document.querySelector('#finetune-start').disabled")
     assert running[0] and "Training" in running[1]
     return page.locator("#finetune-status").inner_text()
+
+
+def noise_zip(path: Path, classes=("a", "b", "c"), per_class: int = 30) -> Path:
+    """Classes that cannot be told apart (the same grey noise in every folder): a run is sure to make mistakes."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    with zipfile.ZipFile(path, "w") as z:
+        for name in classes:
+            for i in range(per_class):
+                buffer = io.BytesIO()
+                Image.fromarray(rng.integers(60, 200, (32, 32, 3), dtype=np.uint8)).save(buffer, format="PNG")
+                z.writestr(f"{name}/{name}-{i}.png", buffer.getvalue())
+    return path
+
+
+# Gradio 6 draws a Dataframe's body as a virtual grid: div rows of role=row, cells of role=gridcell.
+BODY_ROWS = ".virtual-body [role=row]"
+READ_TABLE = f"""(root) => [...root.querySelectorAll('{BODY_ROWS}')].map(
+  row => [...row.querySelectorAll('[role=gridcell]')].map(cell => cell.innerText.trim()))"""
+
+
+def test_clicking_a_confusion_cell_shows_its_misclassified_images_with_per_class_scores(page, artifacts, tmp_path):
+    train_in_the_browser(page, artifacts, noise_zip(tmp_path / "noise.zip"), epochs=3)
+    table = page.locator("#finetune-confusion")
+    page.wait_for_function(f"() => document.querySelectorAll('#finetune-confusion {BODY_ROWS}').length === 3")
+    rows = table.evaluate(READ_TABLE)
+    assert [r[0] for r in rows] == ["a", "b", "c"]
+    counts = [[int(v) for v in r[1:]] for r in rows]
+    assert sum(map(sum, counts)) == 18  # 6 validation images per class
+    # the per-class table beside it: one row per class, precision/recall/F1 and the support of 6 each
+    page.wait_for_function(f"() => document.querySelectorAll('#finetune-per-class {BODY_ROWS}').length === 3")
+    per_class = page.locator("#finetune-per-class").evaluate(READ_TABLE)
+    assert [r[0] for r in per_class] == ["a", "b", "c"] and [r[-1] for r in per_class] == ["6", "6", "6"]
+
+    i, j = next((i, j) for i in range(3) for j in range(3) if i != j and counts[i][j])
+    table.locator(BODY_ROWS).nth(i).locator("[role=gridcell]").nth(j + 1).click()
+    caption = page.locator("#finetune-mistakes-caption")
+    expected = f"{counts[i][j]} misclassified validation image{'s' * (counts[i][j] != 1)}: {'abc'[i]} seen as {'abc'[j]}"
+    page.wait_for_function(
+        "(text) => (document.querySelector('#finetune-mistakes-caption')?.innerText ?? '').includes(text)", arg=expected)
+    page.wait_for_function("(n) => document.querySelectorAll('#finetune-mistakes img').length === n", arg=counts[i][j])
+    shoot(page, artifacts, "tab-fine-tune-mistakes")
+    assert page.locator("#finetune-true-class input").input_value() == "abc"[i]
+    assert page.locator("#finetune-predicted-class input").input_value() == "abc"[j]
+    images = page.locator("#finetune-mistakes img")
+    assert all(images.nth(k).evaluate("img => img.naturalWidth > 0") for k in range(images.count()))
+    assert expected in caption.inner_text()
 
 
 def test_finetune_draws_its_curves_saves_without_overwriting_and_lists_the_model_after_a_reload(
