@@ -29,6 +29,7 @@ from resnet_hub.service import (
     PHOTO_TO_DIGITS,
     FinetuneJobs,
     ModelRegistry,
+    model_downloads,
     push_stored_model,
     zip_model_folder,
 )
@@ -484,9 +485,10 @@ def train(data_zip, use_mnist, base, epochs, lr, freeze, name, seed=0, browser_i
                f"{result.images_per_s:.0f} images/s. Saved as `{job.folder.name}`: now in the Classify and Compare choosers.")
     notes = "".join(f"\n\n_{n}_" for n in result.model.info.notes)
     table = confusion_table(result.confusion_matrix, result.model.labels)
+    files, export_note = model_downloads(job.folder)
     # job.id stays in the page's state: the results view below reads this run's mistakes by it.
-    yield job.id, summary + notes, loss_curve(history), accuracy_curves(history), table, \
-        str(zip_model_folder(job.folder)), _idle(), *_choices_update(visitor)
+    yield job.id, summary + notes + f"\n\n_{export_note}_", loss_curve(history), accuracy_curves(history), table, \
+        [str(f) for f in files], _idle(), *_choices_update(visitor)
 
 
 def stop(job_id):
@@ -860,8 +862,9 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
                 mistakes = gr.Gallery(label="Misclassified validation images, most confident first", columns=6,
                                       height="auto", preview=False, object_fit="scale-down",
                                       elem_id="finetune-mistakes")
-                download = gr.File(label="Download the weights (model.safetensors + config.json + README.md)",
-                                   elem_id="finetune-download")
+                download = gr.File(label="Download: the weights (a zip of model.safetensors + config.json + "
+                                         "README.md) and model.onnx (opset 17, checked against PyTorch)",
+                                   file_count="multiple", elem_id="finetune-download")
         with gr.Accordion("Push to the Hugging Face Hub", open=False):
             if LOGIN:
                 gr.LoginButton()

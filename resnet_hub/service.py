@@ -713,6 +713,20 @@ def zip_model_folder(folder: Path, out_dir: Path | None = None) -> Path:
     return final
 
 
+def model_downloads(folder: Path, out_dir: Path | None = None) -> tuple[list[Path], str]:
+    """What a visitor downloads for a model: the zip of its folder and, when the exporter handles it, a checked
+    ``.onnx`` beside it; and a line saying how the ONNX file was checked, or why there is none."""
+    from .export import ExportError, export_onnx
+    from .weights import load
+
+    zipped = zip_model_folder(folder, out_dir)
+    try:
+        record = export_onnx(load(folder, device="cpu"), zipped.with_suffix(".onnx"))
+    except ExportError as e:
+        return [zipped], f"No ONNX download: {e}."
+    return [zipped, record.path], record.describe()
+
+
 def _require_image(image: Any) -> None:
     if image is None:
         raise ServiceError("no image: upload one, take a webcam picture, paste one or draw a digit")

@@ -98,6 +98,27 @@ class HubResNet(ResNet):
             "metrics": dict(info.metrics),
             "training": info.training,
             "license": info.license,
+            **self._timm_fields(),
+        }
+
+    def _timm_fields(self) -> dict:
+        """The keys timm reads from a folder or Hub repo (``timm.create_model("local-dir:...")`` or
+        ``"hf-hub:..."``), for models timm builds as they are: an ImageNet-family ResNet with the ImageNet stem,
+        projection shortcuts, BatchNorm and 64 channels. Their weights already have timm's key names."""
+        c = self.config
+        if (c.family != "imagenet" or c.stem != "imagenet" or c.shortcut != "B" or c.width != 64 or not c.batchnorm):
+            return {}
+        p = self.info.preprocessing
+        return {
+            "num_classes": c.num_classes,
+            "num_features": c.num_features,
+            "label_names": list(self.info.labels),
+            **({"model_args": {"in_chans": c.in_chans}} if c.in_chans != 3 else {}),
+            "pretrained_cfg": {
+                "input_size": [c.in_chans, p.input_size, p.input_size], "crop_pct": p.crop_pct, "crop_mode": "center",
+                "interpolation": p.interpolation, "mean": list(p.mean), "std": list(p.std),
+                "num_classes": c.num_classes, "first_conv": "conv1", "classifier": "fc",
+            },
         }
 
     def save_pretrained(self, folder: str | os.PathLike, *, overwrite: bool = True) -> Path:

@@ -226,8 +226,10 @@ def test_finetune_on_an_uploaded_zip_adds_a_model_to_every_chooser(running_app, 
     assert len(choosers) == app.CHOOSERS
     for chooser in choosers:
         assert ["test-colors (fine-tuned here)", "local:test-colors"] in chooser["choices"]
-    with zipfile.ZipFile(download) as archive:
+    weights, onnx = download
+    with zipfile.ZipFile(weights) as archive:
         assert {Path(n).name for n in archive.namelist()} >= {"model.safetensors", "config.json", "README.md"}
+    assert onnx.endswith("test-colors.onnx") and "ONNX (opset 17): same top-1 as PyTorch" in status
 
     label, timing, _ = classify(client, example("photo"), "local:test-colors", top_k=2)
     assert {c["label"] for c in label["confidences"]} == {"red", "blue"}

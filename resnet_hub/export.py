@@ -1,0 +1,101 @@
+"""Export a model for deployment elsewhere: ONNX, checked against PyTorch with onnxruntime on real images.
+
+>>> record = export_onnx(load("my-model"), "my-model.onnx")       # doctest: +SKIP
+>>> record.opset, record.top1_agreement                            # doctest: +SKIP
+(17, 1.0)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ResNetHubError
+from .weights import HubResNet
+
+ONNX_OPSET = 17  # onnxruntime 1.16+ runs it; every op a ResNet needs is in it
+CHECK_IMAGES = 16  # real images (photos or digits, as the model was trained on) compared with PyTorch
+
+
+class ExportError(ResNetHubError, RuntimeError):
+    """The exporter cannot handle this model, or its output disagrees with PyTorch's."""
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """A written ONNX file and how it was checked."""
+
+    path: Path
+    opset: int
+    images_checked: int
+    top1_agreement: float  # share of the checked images with PyTorch's top-1
+    max_abs_logit_diff: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path)}
+
+    def describe(self) -> str:
+        return (f"ONNX (opset {self.opset}): same top-1 as PyTorch on {self.images_checked} real images, logits within "
+                f"{self.max_abs_logit_diff:.1e}; runs with onnxruntime, input 'pixel_values' (N, 3, "
+                f"H, W) preprocessed as config.json says, output 'logits'")
+
+
+def export_onnx(model: HubResNet, path: str | os.PathLike, *, opset: int = ONNX_OPSET,
+                images: torch.Tensor | None = None) -> OnnxExport:
+    """Write ``model`` as ONNX to ``path`` (a temporary name, renamed when checked) with a dynamic batch, and check
+    it with onnxruntime against PyTorch on ``images`` (default: real photos or digits, preprocessed as the model
+    expects). Raises :class:`ExportError`, leaving nothing at ``path``, when the exporter fails or the top-1 differs.
+    """
+    import numpy as np
+
+    path = Path(path)
+    cpu = _cpu_copy(model)
+    if images is None:
+        images = _check_images(model)
+    tmp = Path(tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)[1])
+    try:
+        try:
+            with warnings.catch_warnings():
+                # torch 2.14 calls the TorchScript exporter legacy; its dynamo successor needs onnxscript, not installed.
+                warnings.simplefilter("ignore")
+                torch.onnx.export(cpu, (images[:1],), str(tmp), dynamo=False, opset_version=opset,
+                                  input_names=["pixel_values"], output_names=["logits"],
+                                  dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
+        except Exception as e:  # noqa: BLE001 - any exporter failure is one clear message
+            raise ExportError(f"ONNX export of {model.config.architecture} failed ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); the safetensors weights are unaffected") from None
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = session.run(["logits"], {"pixel_values": images.numpy()})[0]
+        with torch.no_grad():
+            want = cpu(images).numpy()
+        agree = float((got.argmax(1) == want.argmax(1)).mean())
+        diff = float(np.abs(got - want).max())
+        if agree < 1.0:
+            raise ExportError(f"the ONNX export of {model.config.architecture} disagrees with PyTorch on "
+                              f"{1 - agree:.0%} of {len(images)} images (logits differ by up to {diff:.3g}): not offered")
+        os.replace(tmp, path)
+        return OnnxExport(path, opset, len(images), agree, diff)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _cpu_copy(model: HubResNet) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model).float().eval().to("cpu", memory_format=torch.contiguous_format)
+
+
+def _check_images(model: HubResNet) -> torch.Tensor:
+    from .examples import calibration_images
+    from .images import to_tensor_batch
+
+    kind = model.info.training.get("kind", "photo")
+    return to_tensor_batch(calibration_images(kind, CHECK_IMAGES), model.preprocessing).float().cpu()
