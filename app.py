@@ -237,6 +237,8 @@ def compare(image, sketch, model_a, model_b, browser_id=None, request: gr.Reques
     for note in result.notes:
         verdict = _with_input_note(verdict, note)
     rows = result.table()
+    # How each engine was chosen: the evidence, in words (too long for a table cell at 1280 px).
+    verdict += "\n\n" + "\n".join(f"- **{r['model']}** runs on {r['why this engine']}" for r in rows)
     return pred_a.as_dict(), pred_b.as_dict(), verdict, timings_frame(rows), latency_frame(rows)
 
 
@@ -245,7 +247,7 @@ LATENCY_STATS = ("p10", "median", "p90")
 
 def timings_frame(rows: list[dict]) -> pd.DataFrame:
     """One column per model, one row per measure: two models fit any screen, however many measures."""
-    measures = [m for m in rows[0] if m != "model"]
+    measures = [m for m in rows[0] if m not in ("model", "why this engine")]  # the evidence goes under the verdict
     return pd.DataFrame({"measure": measures, **{r["model"]: [_cell(r[m]) for m in measures] for r in rows}})
 
 

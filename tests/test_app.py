@@ -185,7 +185,7 @@ def test_compare_two_models_side_by_side(running_app):
         assert cols[m]["runs"] == "30"
         # which engine served, and the evidence it was chosen on (checked against fp32, then timed here)
         assert cols[m]["engine"].split()[0] in ("torch", "openvino")
-        assert cols[m]["why this engine"].startswith(cols[m]["engine"]) and "checked paths" in cols[m]["why this engine"]
+        assert f"**{m}** runs on {cols[m]['engine']}, the fastest of" in verdict and "checked paths" in verdict
     assert number(cols[models[0]]["parameters (M)"]) < number(cols[models[1]]["parameters (M)"])
     # One bar per model and statistic (never stacked), each the table's value.
     assert chart["columns"] == ["bar", "model", "ms"]

@@ -237,9 +237,11 @@ def test_the_compare_chart_draws_each_bar_at_its_table_value(page, artifacts):
     value = {(headers[i], row[0]): row[i] for row in rows for i in range(1, len(headers))}
     models = headers[1:]
     assert models == ["ResNet-18 (starter digits)", "ResNet-50 (starter digits)"]
+    verdict = page.locator("#compare-verdict").inner_text()
     for model in models:  # the engine each model ran on, and why: shown, not only in the API
-        assert value[(model, "engine")].split()[0] in ("torch", "openvino")
-        assert "checked paths" in value[(model, "why this engine")]
+        engine = value[(model, "engine")]
+        assert engine.split()[0] in ("torch", "openvino")
+        assert f"{model} runs on {engine}, the fastest of" in verdict and "checked paths" in verdict
 
     y = axes(page, "#compare-chart")["y"]
     assert all(is_number(t) for t in labels(y)) and len(y) >= 2
