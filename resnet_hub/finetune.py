@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import ImageDataset, stratified_split, to_tensors
-from .errors import DataError, ResNetHubError
+from .errors import DataError, LayoutError, ResNetHubError
 from .finetune_config import (  # noqa: F401 - re-exported
     DEFAULT_BATCH_SIZE,
     DEFAULT_PRETRAINED_FREEZE,
@@ -37,6 +37,7 @@ from .finetune_config import (  # noqa: F401 - re-exported
 from .hardware import DTYPES, device_name, resolve_device, resolve_precision, synchronize
 from .images import eval_transform
 from .metadata import Preprocessing
+from .model import ARCHITECTURES, UnknownArchitectureError
 from .results import ValidationResults
 from .hub import hub_repo_id, source_label
 from .weights import HubResNet, create, load
@@ -142,7 +143,12 @@ def build_model(config: FinetuneConfig, dataset: ImageDataset, device: torch.dev
 
 
 def _load_base(config: FinetuneConfig, dataset: ImageDataset, device: torch.device) -> HubResNet:
-    model = load(config.base, device=device)  # a fresh copy: models serving elsewhere are never touched
+    try:
+        model = load(config.base, device=device)  # a fresh copy: models serving elsewhere are never touched
+    except (UnknownArchitectureError, LayoutError) as e:
+        raise FinetuneError(f"cannot train from {source_label(config.base)}: {e}. Fine-tuning continues only from a "
+                            f"ResNet ({', '.join(ARCHITECTURES)} or a CIFAR-style ResNet): pick one of those or a "
+                            f"model fine-tuned here") from None
     # Hub metadata links base_model to huggingface.co: only a repo id belongs there, not a local path.
     model.info.base_model = hub_repo_id(config.base)
     previous = model.info.training.get("name")  # set when the base was fine-tuned here: this continues its training

@@ -611,6 +611,49 @@ def test_mistakes_from_a_zip_are_named_by_their_member(saved_models, colours):
     assert names and all(n.endswith(".png") and n.split("/")[0] in COLOURS for n in names)
 
 
+# --- continuing the training of a model fine-tuned here -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def colours_model(saved_models, colours, tmp_path_factory):
+    """The 10-class base fine-tuned onto the three colours, saved: a model fine-tuned here."""
+    result = finetune(colours, colour_base_config(saved_models["resnet18"], freeze=3, epochs=1))
+    result.model.info.training["name"] = "my-colours"
+    return result.save(tmp_path_factory.mktemp("tuned") / "my-colours")
+
+
+def test_continuing_on_the_same_classes_keeps_the_trained_head_and_says_so(colours_model, colours, tmp_path):
+    saved = load_file(colours_model / "model.safetensors")
+    recorder = Recorder()
+    result = finetune(colours, colour_base_config(colours_model, freeze=3, epochs=1, lr=1e-9), on_event=recorder)
+    note = "continuing the training of my-colours: the same 3 classes, so its trained head is kept"
+    assert note in recorder.events[0].message and not any("head replaced" in n for n in result.model.info.notes)
+    torch.testing.assert_close(result.model.fc.weight.detach().cpu(), saved["fc.weight"], atol=1e-6, rtol=0)
+    card = (result.save(tmp_path / "again") / "README.md").read_text()
+    assert "**Continued** from my-colours (colours.zip: 48 images in 3 classes" in card
+
+
+def test_continuing_on_other_classes_replaces_the_head_and_says_so(colours_model, tmp_path):
+    two = read_zip(colour_zip(tmp_path / "two.zip", {"red": (220, 30, 30), "white": (240, 240, 240)}))
+    recorder = Recorder()
+    result = finetune(two, colour_base_config(colours_model, freeze=3, epochs=1), on_event=recorder)
+    assert "head replaced: the base's 3-class head does not match the 2 classes of two.zip" in recorder.events[0].message
+    assert result.model.labels == ["red", "white"] and result.model.fc.out_features == 2
+
+
+def test_continuing_from_another_architecture_is_refused_before_training(colours, tmp_path):
+    folder = tmp_path / "vit"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architecture": "vit_base_patch16_224", "num_classes": 3,
+                                                     "pretrained_cfg": {"input_size": [3, 224, 224]}}))
+    (folder / "model.safetensors").write_bytes(b"")
+    recorder = Recorder()
+    with pytest.raises(FinetuneError, match=r"cannot train from .*vit.*'vit_base_patch16_224'.*not a plain ResNet.*"
+                                            r"Fine-tuning continues only from a ResNet"):
+        finetune(colours, colour_base_config(folder), on_event=recorder)
+    assert recorder.events == []
+
+
 # --- refusals ------------------------------------------------------------------------------------
 
 
