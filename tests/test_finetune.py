@@ -438,7 +438,9 @@ def colours(tmp_path_factory):
 
 
 @pytest.mark.parametrize("freeze", [2, 4], ids=["freeze-2", "freeze-4-head-only"])
-def test_cached_and_uncached_loops_give_the_same_losses_and_weights_without_augmentation(saved_models, colours, freeze):
+def test_cached_and_uncached_loops_give_the_same_losses_and_weights_without_augmentation(saved_models, colours, freeze,
+                                                                                       monkeypatch):
+    monkeypatch.setattr(finetune_module, "FOLD_FROZEN_BATCHNORM", False)  # the very computation of the full loop
     runs = {}
     for cache in (True, False):
         recorder = Recorder()
@@ -451,6 +453,29 @@ def test_cached_and_uncached_loops_give_the_same_losses_and_weights_without_augm
     for key, value in full.model.state_dict().items():
         torch.testing.assert_close(cached.model.state_dict()[key], value, atol=1e-5, rtol=1e-5, msg=key)
     assert cached.val_accuracy == full.val_accuracy
+
+
+@pytest.mark.parametrize("freeze", [2, 4])
+def test_the_folded_frozen_part_computes_the_features_of_the_unfolded_one(saved_models, freeze):
+    model = resnet_hub.load(saved_models["resnet50"], device="cpu")
+    model.freeze(freeze)
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    autocast = finetune_module._autocast_args(torch.device("cpu"), "fp32")
+    exact = finetune_module.frozen_features(model.eval(), x, autocast)
+    folded = finetune_module.frozen_features(finetune_module.frozen_part(model), x, autocast)
+    assert (folded - exact).norm() / exact.norm() < 1e-5
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in finetune_module.frozen_part(model).modules())
+
+
+def test_with_folded_batchnorm_the_cached_loop_still_follows_the_full_loop(saved_models, colours):
+    """Folding changes the features by float rounding only; training amplifies that a little, step by step."""
+    losses = {}
+    for cache in (True, False):
+        recorder = Recorder()
+        config = colour_base_config(saved_models["resnet18"], freeze=3, augment="none", cache_features=cache)
+        result = finetune(colours, config, on_event=recorder)
+        losses[cache] = [e.loss for e in recorder.steps()]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-2)
 
 
 def test_the_cache_holds_the_stated_number_of_views_and_its_size_is_in_the_start_message(saved_models, colours):
