@@ -191,3 +191,23 @@ def test_a_second_visitor_can_neither_see_pick_continue_download_nor_push_the_fi
     finally:
         alice_ctx.close()
         bob_ctx.close()
+
+
+def test_api_clients_own_what_they_train_in_their_session(space, tmp_path):
+    """Without a browser id, a gradio_client session owns its models: another client cannot use them."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from .test_app import classify, example, finetune_args
+
+    alice, bob = Client(space.url, verbose=False), Client(space.url, verbose=False)
+    data = classes_zip(tmp_path / "api.zip", {"red": (220, 30, 30), "blue": (30, 30, 220)}, per_class=8)
+    status = alice.predict(*finetune_args(data, "api-pets"), api_name="/finetune")[0]
+    assert "Saved as `api-pets`" in status
+
+    label, _, _ = classify(alice, example("photo"), "local:api-pets", top_k=2)
+    assert {c["label"] for c in label["confidences"]} == {"red", "blue"}
+    with pytest.raises(AppError, match="api-pets is not one of your models"):
+        classify(bob, example("photo"), "local:api-pets", top_k=2)
+    with pytest.raises(AppError, match="api-pets is not one of your models"):
+        bob.predict("local:api-pets", "bob/pets", "", False, api_name="/push")
