@@ -216,9 +216,10 @@ class ModelRegistry:
 
     def __init__(self, device: str = "auto", precision: str = "auto", *, check_hub: bool = True,
                  compile: bool = False, allow_paths: bool = False, max_models: int = MAX_LOADED_MODELS,
-                 max_bytes: int = MAX_LOADED_BYTES):
+                 max_bytes: int = MAX_LOADED_BYTES, engine: str = "auto"):
         # allow_paths: local folders are models too (the command line); never for the app's visitors.
         self.device, self.precision, self.compile, self.allow_paths = device, precision, compile, allow_paths
+        self.engine = engine  # "auto", "torch" or "openvino" (see resnet_hub.engines)
         self.max_models, self.max_bytes = max_models, max_bytes
         self._predictors: OrderedDict[tuple[str, str | None], Predictor] = OrderedDict()  # least recently used first
         self._sizes: dict[tuple[str, str | None], int] = {}
@@ -364,7 +365,7 @@ class ModelRegistry:
                 if self.uses_starters and choice in STARTER_ARCHS:
                     self.starters.wait(choice, on_progress)
                 with access(visitor.hub_access()):
-                    predictor = Predictor(source, self.device, self.precision, compile=self.compile)
+                    predictor = Predictor(source, self.device, self.precision, engine=self.engine, compile=self.compile)
                 predictor.name = self._display_name(choice, visitor) or predictor.name
                 with self._guard:
                     self._keep(key, predictor)
@@ -459,10 +460,21 @@ def _is_hub_id(source: str) -> bool:
 
 
 def _model_bytes(predictor: Predictor) -> int:
+    """What a loaded model holds: its weights, plus the engine's own copy (folded, int8, or OpenVINO's)."""
+    import torch
+
     model = getattr(predictor, "model", None)
     if model is None:
         return 0
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    tensors = {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}
+    own = sum(tensors.values())
+    engine = getattr(predictor, "_engine", None)
+    module = getattr(engine, "module", None)
+    if isinstance(module, torch.nn.Module):
+        tensors.update({t.data_ptr(): t.numel() * t.element_size() for t in module.state_dict().values()
+                        if isinstance(t, torch.Tensor)})
+        return sum(tensors.values())
+    return own * 2 if engine is not None else own  # a compiled copy outside torch: about the weights' size again
 
 
 def input_note(picture: Image.Image, predictor: Predictor) -> str:

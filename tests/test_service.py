@@ -285,17 +285,30 @@ def test_200_typed_repo_ids_leave_the_loaded_models_and_the_lock_table_bounded(h
         assert registry.loaded()["models"] <= MAX_LOADED_MODELS
     held = registry.loaded()
     assert held["models"] == MAX_LOADED_MODELS and held["locks"] == 0
-    assert held["bytes"] <= MAX_LOADED_MODELS * sum(p.stat().st_size for p in tiny.iterdir())
+    assert 0 < held["bytes"] <= registry.max_bytes
 
     fetched = len(fake_hub.requests)
     registry.predictor("someone/tiny-199", visitor=bob)  # the most recent is still loaded: no new request
     assert len(fake_hub.requests) == fetched
 
 
+def test_loaded_models_are_bounded_by_bytes_too(home):
+    alice = visitor(ALICE)
+    for i in range(4):
+        save_tiny(store.model_folder(f"m{i}", alice))
+    probe = ModelRegistry(check_hub=False, device="cpu", precision="fp32")
+    probe.predictor("local:m0", visitor=alice)
+    one = probe.loaded()["bytes"]
+    registry = ModelRegistry(check_hub=False, device="cpu", precision="fp32", max_bytes=int(2.5 * one))
+    for i in range(4):
+        registry.predictor(f"local:m{i}", visitor=alice)
+    assert registry.loaded()["models"] == 2 and registry.loaded()["bytes"] <= 2.5 * one
+
+
 def test_the_defaults_are_never_evicted(home, tmp_path):
+    starter = save_tiny(store.starter_folder("resnet18"))  # before the registry: it is ready, nothing trains
     registry = ModelRegistry(check_hub=False, device="cpu", precision="fp32", max_models=2)
     registry._offline_reason = "offline (test)"
-    starter = save_tiny(store.starter_folder("resnet18"))
     alice = visitor(ALICE)
     first = registry.predictor("resnet18", visitor=alice)
     for i in range(4):
