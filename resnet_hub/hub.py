@@ -169,16 +169,28 @@ def _check_weights_size(repo_id: str, revision: str | None, where: str, hub: Hub
     from huggingface_hub import HfApi, is_offline_mode
 
     if is_offline_mode():
+        _refuse_unverified(repo_id, where, hub)
         return
     import httpx2
 
     try:
         infos = HfApi().get_paths_info(repo_id, [WEIGHTS_NAME], revision=revision, token=hub.token)
     except (httpx2.ConnectError, httpx2.TimeoutException):
+        _refuse_unverified(repo_id, where, hub)
         return  # no network: snapshot_download resolves from the cache, and the cached file is checked after
     for info in infos:
         if getattr(info, "path", None) == WEIGHTS_NAME:
             _refuse_oversize(where, getattr(info, "size", None), hub.max_weights_bytes)
+
+
+def _refuse_unverified(repo_id: str, where: str, hub: HubAccess) -> None:
+    """An anonymous fetch the Hub cannot confirm is refused: the local cache may hold a private repo that
+    someone else's token downloaded. The public defaults are the exception."""
+    if hub.token is False and repo_id not in DEFAULT_SOURCES.values():
+        raise WeightsNotFoundError(
+            f"{where}: the Hub cannot be reached to confirm that it is public, so it is not served from this "
+            f"machine's cache; try again when the Hub is reachable"
+        )
 
 
 def _refuse_oversize(where: str, size: int | None, limit: int | None) -> None:

@@ -91,3 +91,13 @@ def test_every_image_this_project_opens_is_opened_with_the_accepted_formats_only
                     and not any(k.arg == "formats" for k in node.keywords)):
                 unrestricted.append(f"{path.relative_to(root)}:{node.lineno}")
     assert unrestricted == []
+
+
+def test_offline_an_anonymous_fetch_is_not_served_from_a_cache_someone_elses_token_filled(hub_cache, saved_models):
+    hub_cache.add_folder("owner/private-resnet", saved_models["resnet18"])  # what the owner's own login left
+    with access(ANONYMOUS), pytest.raises(WeightsNotFoundError, match="cannot be reached to confirm that it is public"):
+        resolve("owner/private-resnet")
+    hub_cache.add_folder("timm/resnet18.a1_in1k", saved_models["resnet18"])
+    with access(ANONYMOUS):
+        assert resolve("resnet18").is_dir()  # the public defaults still serve from the cache
+    assert resolve("owner/private-resnet").is_dir()  # and the library's own user still reads their cache
