@@ -173,11 +173,17 @@ def _check_weights_size(repo_id: str, revision: str | None, where: str, hub: Hub
         return
     import httpx2
 
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
     try:
         infos = HfApi().get_paths_info(repo_id, [WEIGHTS_NAME], revision=revision, token=hub.token)
     except (httpx2.ConnectError, httpx2.TimeoutException):
         _refuse_unverified(repo_id, where, hub)
         return  # no network: snapshot_download resolves from the cache, and the cached file is checked after
+    except (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError):
+        raise
+    except HfHubHTTPError as e:  # the Hub is down or refused otherwise: say what it said
+        raise SourceError(f"{where}: the Hub answered {_hub_said(e)!r}; try again later") from None
     for info in infos:
         if getattr(info, "path", None) == WEIGHTS_NAME:
             _refuse_oversize(where, getattr(info, "size", None), hub.max_weights_bytes)
