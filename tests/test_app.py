@@ -399,3 +399,20 @@ def test_bad_input_is_answered_with_a_clear_error_and_the_app_keeps_serving(runn
     assert message in str(error.value)
     assert str(running_app.uploads) not in str(error.value)  # names the upload, not where the server keeps it
     assert_still_serves(running_app.client)
+
+
+def test_a_live_lab_run_waits_in_line_behind_a_training_and_then_runs(running_app, monkeypatch):
+    """The lab's live runs take the same one training slot as fine-tunes."""
+    from resnet_hub.lab import GradientSettings
+    from resnet_hub.training_slot import TRAINING
+
+    monkeypatch.setattr(running_app.module, "LAB_LIVE",
+                        {"gradients": GradientSettings(depths=(8,), width=2, batch_size=8, seed=0)})
+    fine_tune = TRAINING.enter("a fine-tune")  # holds the slot
+    try:
+        run = running_app.client.submit("gradients", api_name="/why_residual")
+        assert wait_for(lambda: any("Waiting in line: 1 training ahead" in str(o[-1]) for o in run.outputs()), 60)
+        assert not run.done()
+    finally:
+        TRAINING.leave(fine_tune)
+    assert "**Done**" in run.result(timeout=240)[-1]
