@@ -23,7 +23,7 @@ MULTI_USER_ENV = "RESNET_HUB_MULTI_USER"
 RETENTION_ENV = "RESNET_HUB_RETENTION_HOURS"
 DEFAULT_RETENTION_HOURS = 24.0
 _BROWSER_ID = re.compile(r"^[0-9a-f]{32}$")
-_HF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_HF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")  # with "hf-", still a store folder name
 
 
 def multi_user() -> bool:
