@@ -825,6 +825,8 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
                                    elem_id="finetune-zip")
                 use_mnist = gr.Checkbox(label="Use the bundled MNIST sample instead (5,000 digits)", value=False)
                 base = gr.Dropdown(choices=choices, value="resnet18", allow_custom_value=True, label="Start from",
+                                   info="a model fine-tuned here continues its training: on the same classes it "
+                                        "keeps its head, on new ones the head is replaced (the run says which)",
                                    elem_id="finetune-base")
                 with gr.Row():
                     epochs = gr.Number(value=3, precision=0, minimum=1, maximum=50, label="Epochs",

@@ -143,6 +143,9 @@ def _add_finetune_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="split, order and initialisation seed (default: %(default)s)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="stop after this many seconds; what was learned by then is saved, marked as stopped")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write model.onnx into --out (opset 17, checked against PyTorch with onnxruntime on real "
+                        "images); if the exporter fails the safetensors model is still saved")
     p.add_argument("--push-to", default=None, metavar="USER/REPO",
                    help="also push the result to this Hub repo (token from HF_TOKEN or `hf auth login`)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
@@ -204,6 +207,14 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         print(f"{result.reason}: nothing saved", file=sys.stderr)
         return summary
     summary["out"] = str(result.save(out, overwrite=args.overwrite))
+    if args.onnx:
+        from .export import ExportError, export_onnx
+
+        try:
+            summary["onnx"] = export_onnx(result.model, out / "model.onnx").to_dict()
+        except ExportError as e:
+            summary["onnx"] = {"error": str(e)}
+            print(f"note: no model.onnx: {e}", file=sys.stderr)
     summary["stopped_at"] = result.stopped_at
     summary.update(result.results.to_dict())  # confusion matrix, per-class metrics, misclassified images
     summary["metrics"] = result.model.info.metrics

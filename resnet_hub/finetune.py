@@ -508,7 +508,8 @@ def finetune(
         history.append(event)
         emit(event)
 
-    batch_note = "" if config.batch_size is not None else f"batch {batch_size} (default {DEFAULT_BATCH_SIZE}, clipped to the {len(train_idx)} training images)" if batch_size < DEFAULT_BATCH_SIZE else ""
+    batch_note = (f"batch {batch_size} (default {DEFAULT_BATCH_SIZE}, clipped to the {len(train_idx)} training images)"
+                  if config.batch_size is None and batch_size < DEFAULT_BATCH_SIZE else "")
     model.info.notes += [n for n in (freeze_note, batch_note, plan.message) if n]  # the app and CLI show them at the end
     notes = [n for n in (precision_note, *model.info.notes) if n]
     report(Event("start", 0, total_steps, 0, config.epochs, message=_start_message(dataset, model, device, precision, world, notes)))

@@ -92,3 +92,15 @@ def test_a_small_stem_model_carries_no_timm_keys_that_would_build_the_wrong_netw
     model = resnet_hub.create("resnet18", num_classes=10, stem="small")
     config = json.loads((model.save_pretrained(tmp_path / "small") / "config.json").read_text())
     assert "pretrained_cfg" not in config and "num_classes" not in config
+
+
+def test_cli_onnx_writes_a_checked_model_onnx_beside_the_weights(tmp_path, capsys):
+    from resnet_hub.__main__ import main
+
+    from .test_finetune import CLI_TINY
+
+    assert main(["finetune", *CLI_TINY, "--out", str(tmp_path / "out"), "--onnx", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["onnx"]["opset"] == ONNX_OPSET and summary["onnx"]["top1_agreement"] == 1.0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "config.json", "model.onnx",
+                                                                    "model.safetensors"]

@@ -398,3 +398,41 @@ def test_a_pushed_card_names_no_uploaded_file_unless_asked(home, tmp_path, fake_
     fake_hub.uploaded.clear()
     push_stored_model(folder, "alice/pets", "hf_alice_write", include_data_names=True)
     assert "holiday-photos-of-my-kids" in fake_hub.uploaded["README.md"].decode()
+
+
+def _wait_for_a_step(job, timeout_s: float = 240.0) -> None:
+    import queue as queue_module
+    import time as time_module
+
+    deadline = time_module.monotonic() + timeout_s
+    while time_module.monotonic() < deadline:
+        try:
+            event = job.events.get(timeout=1.0)
+        except queue_module.Empty:
+            continue
+        if event is None or event.kind == "step":
+            return
+    raise AssertionError("the run took no step")
+
+
+@pytest.mark.parametrize("how", ["stop", "cancel"])
+def test_stop_saves_what_the_run_learned_and_cancel_saves_nothing(home, tmp_path, how):
+    from .test_app import colour_zip
+
+    jobs = FinetuneJobs(ModelRegistry(check_hub=False), TrainingSlot())
+    config = FinetuneConfig(base="scratch:resnet18", epochs=50, image_size=32, batch_size=8)
+    job = jobs.start(colour_zip(tmp_path / "c.zip", per_class=8), config, "halfway", visitor=visitor(ALICE))
+    _wait_for_a_step(job)
+    assert getattr(jobs, how)(job.id)
+    assert job.done.wait(120) and job.error is None, job.error
+    folder = store.stored_model("halfway", visitor(ALICE))
+    siblings = [p.name for p in folder.parent.iterdir()] if folder else []
+    assert not any(name.startswith(".") for name in siblings)  # no half-written temporary folder either way
+    if how == "cancel":
+        assert folder is None and job.result.model is None and jobs.review(job.id) is None
+        return
+    stopped = json.loads((folder / "config.json").read_text())["training"]["stopped"]
+    assert stopped["reason"] == "stopped on request" and 1 <= stopped["step"] < stopped["total_steps"]
+    review = jobs.review(job.id, visitor(ALICE))
+    assert review is not None and review.results.classes == job.dataset.classes
+    assert jobs.review(job.id, visitor(BOB)) is None  # another visitor's mistakes are not shown
