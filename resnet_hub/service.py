@@ -115,7 +115,8 @@ class StarterBuilds:
     starter that is not ready yet waits for it and watches its progress.
     """
 
-    def __init__(self):
+    def __init__(self, slot: TrainingSlot = TRAINING):
+        self.slot = slot
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._first: str | None = None
@@ -175,7 +176,10 @@ class StarterBuilds:
                 build.step, build.total_steps, build.eta_s = event.step, event.total_steps, event.eta_s
 
             try:
-                build_starter(build.arch, on_event=on_event)
+                # The app's one training slot: a lab run started meanwhile waits its turn, and says so.
+                with self.slot.turn(f"the {DISPLAY[build.arch]} starter's build"):
+                    lower_this_threads_priority()
+                    build_starter(build.arch, on_event=on_event)
                 stored = self._from_store(build.arch)
                 build.seconds, build.accuracy, build.state = stored.seconds, stored.accuracy, "ready"
             except Exception as e:  # noqa: BLE001 - a failed build is shown and retried on the next request
