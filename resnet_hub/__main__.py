@@ -26,8 +26,12 @@ def _add_common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
                             "(org/name[@rev]) or local folder (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
-                   help="auto picks bf16 where the hardware runs it fast, else fp32; int8 (CPU) quantizes "
-                        "statically, calibrated on real images (default: %(default)s)")
+                   help="auto: the fastest path this machine has that passes its check against fp32 on held-out "
+                        "real images (int8 quantizes statically, calibrated on other real images) "
+                        "(default: %(default)s)")
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "openvino"],
+                   help="auto: any engine (with a named --precision: torch); openvino runs on CPUs; an engine "
+                        "that cannot run here falls back to torch and says why (default: %(default)s)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow first call, faster after)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
 
@@ -308,7 +312,8 @@ def _registry(args: argparse.Namespace, choices: Sequence[str]):
     """
     from .service import ModelRegistry
 
-    registry = ModelRegistry(args.device, args.precision, check_hub=False, compile=args.compile, allow_paths=True)
+    registry = ModelRegistry(args.device, args.precision, check_hub=False, compile=args.compile, allow_paths=True,
+                             engine=args.engine)
     for choice in dict.fromkeys(choices):
         note = registry.starter_note(choice)
         if note:
@@ -371,8 +376,14 @@ def _compare(args: argparse.Namespace) -> dict[str, Any]:
 def _bench(args: argparse.Namespace) -> dict[str, Any]:
     from .bench import run_bench
 
+    variants = args.variants
+    if variants is None and args.engine != "auto":  # only that engine's paths (the peers are always measured)
+        from .engines import candidates
+        from .hardware import resolve_device
+
+        variants = [f"{e} {p}" for e, p in candidates(resolve_device(args.device), args.engine)]
     report = run_bench(
-        args.models, batch_size=args.batch_size, runs=args.runs, device=args.device, variants=args.variants,
+        args.models, batch_size=args.batch_size, runs=args.runs, device=args.device, variants=variants,
         compile=args.compile, log=None if args.json else print,
     )
     if not args.json:

@@ -92,8 +92,12 @@ class OpenVINOPeer:
                                     input=[(-1, model.config.in_chans, size, size)])
         if precision == "int8":
             nncf.set_log_level(__import__("logging").ERROR)
-            ov_model = nncf.quantize(ov_model, nncf.Dataset([calibration[i : i + 1].numpy() for i in range(len(calibration))]),
-                                     subset_size=len(calibration))
+            from .engines import quiet_stdout
+
+            with quiet_stdout():
+                ov_model = nncf.quantize(ov_model, nncf.Dataset([calibration[i : i + 1].numpy()
+                                                                 for i in range(len(calibration))]),
+                                         subset_size=len(calibration))
         core = ov.Core()
         self.latency = core.compile_model(ov_model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
         self.throughput = core.compile_model(ov_model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})

@@ -50,6 +50,7 @@ MAX_REL_ERROR = 0.1  # relative logit error against fp32 that a candidate may ha
 MIN_AGREEMENT = 0.99  # top-1 agreement with fp32 a candidate needs, for trained weights
 CHECK_IMAGES = 48  # held-out images each candidate is checked on
 CALIBRATION_IMAGES = 32
+CHOICE_FORMAT = "2"  # bump when EngineChoice changes: an older cached choice is then made afresh
 
 
 class EngineError(ResNetHubError, RuntimeError):
@@ -264,7 +265,7 @@ class OpenVINOEngine:
 
         nncf.set_log_level(logging.ERROR)
         samples = [calibration[i : i + 1].numpy() for i in range(len(calibration))]
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_stdout():
             warnings.simplefilter("ignore")
             return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples),
                                  preset=nncf.QuantizationPreset.PERFORMANCE)
@@ -280,6 +281,14 @@ class OpenVINOEngine:
         out = request.infer({0: np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())})
         logits, features = (torch.from_numpy(np.array(out[o])) for o in self.compiled_model.outputs)
         return logits, features
+
+
+def quiet_stdout():
+    """NNCF draws progress bars on stdout, where they would corrupt the CLI's --json output: discard them."""
+    import contextlib
+    import io
+
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 _CONVERTED: dict[str, Any] = {}  # weights key -> converted fp32 OpenVINO model (the last few, in this process)
@@ -402,11 +411,11 @@ class EngineChoice:
         ours = next((c for c in self.candidates if c.name == self.chosen), None)
         text = f"{self.chosen}, the fastest of {len(self.candidates)} checked paths"
         if ours and ours.b1_ms is not None:
-            text += (f" ({ours.b1_ms:.1f} ms at batch 1, {ours.b8_ms:.1f} ms at batch 8, error {ours.rel_error:.3f}, "
+            text += (f" ({_ms(ours.b1_ms)} at batch 1, {_ms(ours.b8_ms)} at batch 8, error {ours.rel_error:.3f}, "
                      f"top-1 agreement {ours.top1_agreement:.0%})")
         if self.runner_up:
             runner = next(c for c in self.candidates if c.name == self.runner_up)
-            text += f"; runner-up {runner.name} ({runner.b1_ms:.1f} / {runner.b8_ms:.1f} ms)"
+            text += f"; runner-up {runner.name} ({_ms(runner.b1_ms)} / {_ms(runner.b8_ms)})"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -417,6 +426,10 @@ class EngineChoice:
         data = {k: v for k, v in data.items() if k != "runner_up"}
         data["candidates"] = [Candidate(**c) for c in data["candidates"]]
         return cls(**data)
+
+
+def _ms(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f} ms"
 
 
 def candidates(device: torch.device, engine: str = "auto") -> list[tuple[str, str]]:
@@ -505,7 +518,8 @@ def choose(model: ResNet, device: torch.device, *, engine: str, calibration: Ten
         for e, p in candidates(device, engine)
     }
     builders.update(extra or {})
-    choice_file = cache_dir / f"choice-{_digest(weights_key, str(device), *builders)[:24]}.json" if cache_dir else None
+    choice_file = (cache_dir / f"choice-{_digest(CHOICE_FORMAT, weights_key, str(device), *builders)[:24]}.json"
+                   if cache_dir else None)
     cached = _read_choice(choice_file)
     if cached is not None and cached.chosen in builders:
         try:

@@ -393,12 +393,17 @@ def to_tensor_batch(images: Sequence[Image.Image], p: Preprocessing) -> Tensor:
         return torch.empty((0, len(p.mean), p.input_size, p.input_size))
     _channels(p)  # an unsupported channel count is refused here, as eval_transform refuses it
     crops = parallel_map(lambda img: np.asarray(crop_resized(_to_rgb(img), p)), images)
-    batch = torch.from_numpy(np.stack(crops))  # (B, H, W) or (B, H, W, C) uint8
-    batch = batch.unsqueeze(1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
-    mean = torch.tensor(p.mean).view(1, -1, 1, 1)
-    std = torch.tensor(p.std).view(1, -1, 1, 1)
-    # the same arithmetic as eval_transform's ToDtype(scale=True) then Normalize, once for the batch
-    return ((batch.float() / 255.0) - mean) / std
+    batch = np.stack(crops)  # (B, H, W) or (B, H, W, C) uint8
+    batch = batch[:, None] if batch.ndim == 3 else batch.transpose(0, 3, 1, 2)
+    mean = np.asarray(p.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(p.std, dtype=np.float32).reshape(1, -1, 1, 1)
+    # The same arithmetic as eval_transform's ToDtype(scale=True) then Normalize, once for the batch, in
+    # numpy: small torch ops here wait on torch's thread pool, which an OpenVINO pass has just left busy.
+    x = batch.astype(np.float32)
+    x /= 255.0
+    x -= mean
+    x /= std
+    return torch.from_numpy(np.ascontiguousarray(x))
 
 
 def crop_resized(img: Image.Image, p: Preprocessing) -> Image.Image:

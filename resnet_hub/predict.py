@@ -180,7 +180,7 @@ class Predictor:
         if cache_dir == "default":
             from .store import store_root
 
-            cache_dir = store_root() / "engine-cache"
+            cache_dir = os.environ.get("RESNET_HUB_ENGINE_CACHE") or store_root() / "engine-cache"
         self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
         self._engine, self.engine_choice = self._build_engine(engine, precision, calibration, fold_batchnorm,
                                                               compile, extra_candidates)
@@ -317,7 +317,8 @@ class Predictor:
                     continue
                 try:
                     start = time.perf_counter()
-                    logits, features = self._engine(torch.cat([r.batch for r in taken]))
+                    batch = taken[0].batch if len(taken) == 1 else torch.cat([r.batch for r in taken])
+                    logits, features = self._engine(batch)
                     self.batches_run += 1
                     if size not in self._first_call_ms:
                         synchronize(self.device)

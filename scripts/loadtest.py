@@ -90,8 +90,30 @@ def default_image() -> str:
     return str(next(p for p in example_images() if p.name.startswith("mnist-digit-")))
 
 
-def one_client(url: str, image: str, model: str, requests: int, timeout_s: float, deadline: float, tally: Tally,
-               ready: threading.Barrier) -> None:
+def distinct_photos(folder: Path, clients: int, requests: int, side: int = 640) -> list[list[str]]:
+    """A JPEG per request, no two alike: views (crops, mirror images) of real scikit-image photos,
+    ``side`` px wide. Each client gets its own, so no answer can come from a cache."""
+    sys.path.insert(0, str(ROOT))
+    from PIL import Image
+
+    from resnet_hub.examples import CALIBRATION_PHOTOS, CHECK_PHOTOS, _views
+
+    folder.mkdir(parents=True, exist_ok=True)
+    views = _views(CALIBRATION_PHOTOS + CHECK_PHOTOS, clients * requests, 0)
+    out = []
+    for c in range(clients):
+        paths = []
+        for r in range(requests):
+            view = views[c * requests + r]
+            path = folder / f"client{c:02d}-{r:03d}.jpg"
+            view.resize((side, max(1, side * view.height // view.width)), Image.Resampling.LANCZOS).save(path, quality=90)
+            paths.append(str(path))
+        out.append(paths)
+    return out
+
+
+def one_client(url: str, image: str | list[str], model: str, requests: int, timeout_s: float, deadline: float,
+               tally: Tally, ready: threading.Barrier) -> None:
     from gradio_client import Client, handle_file
 
     try:
@@ -102,12 +124,13 @@ def one_client(url: str, image: str, model: str, requests: int, timeout_s: float
             tally.failed(f"connect: {type(e).__name__}: {e}")
         return
     ready.wait()
-    for _ in range(requests):
+    for i in range(requests):
         if time.monotonic() > deadline:
             tally.failed("not sent: the run's time limit was reached")
             continue
         start = time.perf_counter()
-        job = client.submit(handle_file(image), None, model, 5, api_name="/classify")
+        job = client.submit(handle_file(image[i] if isinstance(image, list) else image), None, model, 5,
+                            api_name="/classify")
         try:
             label = job.result(timeout=timeout_s)[0]
             if not label or "label" not in label:
@@ -146,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients, each its own connection")
     parser.add_argument("--requests", type=int, default=25, help="/classify requests per client")
     parser.add_argument("--image", help="the image every request sends (default: an example MNIST digit)")
+    parser.add_argument("--distinct-photos", action="store_true",
+                        help="every request sends its own JPEG (views of real photos, 640 px): nothing can be cached")
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request before it counts as failed")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="no request is sent after this long")
@@ -164,14 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     image = args.image or default_image()
     if not Path(image).is_file():
         parser.error(f"--image {image} does not exist")
+    images = [image] * args.clients
+    if args.distinct_photos:
+        images = distinct_photos(Path(tempfile.mkdtemp(prefix="resnet-hub-loadtest-photos-")), args.clients, args.requests)
 
     tally = Tally()
     ready = threading.Barrier(args.clients + 1, timeout=120)
     deadline = time.monotonic() + args.max_seconds
     threads = [
-        threading.Thread(target=one_client, args=(url, image, args.model, args.requests, args.timeout, deadline, tally,
-                                                  ready), daemon=True)
-        for _ in range(args.clients)
+        threading.Thread(target=one_client, args=(url, images[c], args.model, args.requests, args.timeout, deadline,
+                                                  tally, ready), daemon=True)
+        for c in range(args.clients)
     ]
     for thread in threads:
         thread.start()
@@ -188,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(missing):  # threads still stuck past every limit
         tally.failed("no answer within the run's time limit")
 
-    print(f"{args.clients} clients x {args.requests} /classify requests ({args.model}) against {url}")
+    what = "each its own JPEG photo" if args.distinct_photos else Path(image).name
+    print(f"{args.clients} clients x {args.requests} /classify requests ({args.model}; {what}) against {url}")
     print(report(tally, total, seconds))
     for error in sorted(set(tally.errors))[:5]:
         print(f"  error: {error}")

@@ -13,6 +13,19 @@ import torch
 ARCHS = ["resnet18", "resnet50"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_engine_cache(tmp_path_factory):
+    """One engine cache for the whole run, apps and subprocesses included (entries are keyed by the
+    weights and the software, so sharing is safe): each model's engines are chosen once, not per test."""
+    saved = os.environ.get("RESNET_HUB_ENGINE_CACHE")
+    os.environ["RESNET_HUB_ENGINE_CACHE"] = str(tmp_path_factory.mktemp("engine-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("RESNET_HUB_ENGINE_CACHE", None)
+    else:
+        os.environ["RESNET_HUB_ENGINE_CACHE"] = saved
+
+
 def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every BatchNorm non-trivial statistics, so a wrong key mapping shows in the logits."""
     g = torch.Generator().manual_seed(seed)

@@ -75,9 +75,9 @@ def test_python_m_resnet_hub_help_lists_every_command():
 @pytest.mark.parametrize(
     "command, flags",
     [
-        ("classify", ["IMAGE", "--model", "--top-k", "--device", "--precision", "--compile", "--json"]),
-        ("compare", ["IMAGE", "--models", "--top-k", "--runs", "--device", "--precision", "--json"]),
-        ("bench", ["--models", "--batch-size", "--runs", "--variants", "--device", "--json"]),
+        ("classify", ["IMAGE", "--model", "--top-k", "--device", "--precision", "--engine", "--compile", "--json"]),
+        ("compare", ["IMAGE", "--models", "--top-k", "--runs", "--device", "--precision", "--engine", "--json"]),
+        ("bench", ["--models", "--batch-size", "--runs", "--variants", "--device", "--engine", "--json"]),
         ("finetune", ["--data", "--base", "--out", "--overwrite", "--epochs", "--lr", "--batch-size", "--freeze",
                       "--image-size", "--push-to", "--device", "--precision", "--json"]),
         ("starter", ["--archs", "--force", "--json"]),
