@@ -357,7 +357,8 @@ def _mistakes(review, true, predicted):
     total = len(review.results.mistakes(true, predicted))
     more = f" (the {len(shown)} most confident shown)" if len(shown) < total else ""
     return shown, (f"**{total} misclassified validation image{'s' * (total != 1)}: {what}**{more}, most confident "
-                   f"first" if total else f"**No validation image of {what}.**")
+                   f"first" if total else "**Every validation image was classified correctly.**"
+                   if true is None and predicted is None else f"**No validation image of {what}.**")
 
 
 def mistakes_for(job_id, true, predicted, browser_id=None, request: gr.Request = None,

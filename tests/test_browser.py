@@ -319,6 +319,41 @@ READ_TABLE = f"""(root) => [...root.querySelectorAll('{BODY_ROWS}')].map(
   row => [...row.querySelectorAll('[role=gridcell]')].map(cell => cell.innerText.trim()))"""
 
 
+def start_a_long_run(page, data: Path, epochs: int = 40) -> None:
+    open_tab(page, "Fine-tune")
+    upload = page.locator("#finetune-zip input[type=file]")
+    if upload.count():
+        upload.set_input_files(str(data))
+        page.wait_for_function("() => !document.querySelector('#finetune-zip input[type=file]')")
+    page.locator("#finetune-epochs input").fill(str(epochs))
+    page.locator("#finetune-start").click()
+    page.wait_for_function("() => /step \\d+\\/\\d+/.test(document.querySelector('#finetune-status')?.innerText ?? '')",
+                           timeout=TRAIN_TIMEOUT_MS)
+
+
+def test_stop_keeps_what_the_run_learned_and_cancel_keeps_nothing(page, artifacts, running_app, tmp_path):
+    data = colour_zip(tmp_path / "stopped.zip", per_class=30)
+    start_a_long_run(page, data)
+    page.locator("#finetune-stop").click()
+    page.wait_for_function("() => (document.querySelector('#finetune-status')?.innerText ?? '').includes('Saved as')",
+                           timeout=TRAIN_TIMEOUT_MS)
+    status = page.locator("#finetune-status").inner_text()
+    shoot(page, artifacts, "tab-fine-tune-stopped")
+    assert "Stopped on request at epoch" in status and "kept what it had learned" in status
+    assert "Saved as stopped-resnet18" in status
+    assert (running_app.home / "models" / "stopped-resnet18" / "model.safetensors").is_file()
+
+    page.wait_for_function("() => !document.querySelector('#finetune-start').disabled")
+    start_a_long_run(page, data)
+    page.locator("#finetune-cancel").click()
+    page.wait_for_function(
+        "() => (document.querySelector('#finetune-status')?.innerText ?? '').includes('cancelled on request: nothing saved')",
+        timeout=TRAIN_TIMEOUT_MS)
+    shoot(page, artifacts, "tab-fine-tune-cancelled")
+    stored = sorted(p.name for p in (running_app.home / "models").iterdir())
+    assert "stopped-resnet18-2" not in stored and not any(name.startswith(".") for name in stored)
+
+
 def test_clicking_a_confusion_cell_shows_its_misclassified_images_with_per_class_scores(page, artifacts, tmp_path):
     train_in_the_browser(page, artifacts, noise_zip(tmp_path / "noise.zip"), epochs=3)
     table = page.locator("#finetune-confusion")
