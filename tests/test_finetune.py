@@ -875,3 +875,21 @@ def test_local_models_lists_the_starter_first(starter_store):
     folder = store.build_starter("resnet18")
     assert store.local_models() == [folder, store.models_dir() / "aaa-first-by-name"]
 
+
+
+# --- the benchmark's table (its speed is reported, never tested) -----------------------------------
+
+
+def test_bench_finetune_puts_each_loop_beside_the_tutorials_with_both_accuracies():
+    from resnet_hub.bench import run_finetune_bench
+
+    report = run_finetune_bench("resnet18", epochs=1, image_size=32, per_class=4, freezes=(4, -1), device="cpu",
+                                wall_arch=None, log=None)
+    rows = report["rows"]
+    assert [(r["setting"], r["loop"].split()[0]) for r in rows] == [
+        ("head only (freeze 4)", "tutorial"), ("head only (freeze 4)", "resnet-hub"),
+        ("full fine-tune (freeze -1)", "tutorial"), ("full fine-tune (freeze -1)", "resnet-hub")]
+    assert "cache of 2 views" in rows[1]["loop"] and "whole network" in rows[3]["loop"]
+    assert all(r["images/s"] > 0 and 0 <= r["val accuracy"] <= 1 for r in rows)
+    assert rows[1]["speedup"] == pytest.approx(rows[1]["images/s"] / rows[0]["images/s"])
+    assert any("AMD" in n or "Intel" in n or "device" in n for n in report["notes"])
