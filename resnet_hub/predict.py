@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .errors import ResNetHubError
 from .hardware import device_name, resolve_device, resolve_precision, synchronize
-from .images import center_digit, decode_batch, eval_transform, load_image, resize_and_crop, to_tensor_batch
+from .images import center_digit, decode_batch, decode_to_tensor_batch, eval_transform, load_image, resize_and_crop, to_tensor_batch
 from .model import ResNet
 from .weights import HubResNet, load
 
@@ -278,6 +278,8 @@ class Predictor:
 
     def preprocess(self, images: Any) -> Tensor:
         """Decode, lay out and preprocess one image or a sequence into a (B, C, H, W) float batch."""
+        if self.kind != "digits":  # a photo's layout is itself: decode and crop each in one task
+            return decode_to_tensor_batch(_as_list(images), self.model.preprocessing, draft=self.draft_side)
         return to_tensor_batch(self.layout(self.decode(images)), self.model.preprocessing)
 
     def forward(self, batch: Tensor) -> tuple[Tensor, Tensor]:
