@@ -164,7 +164,7 @@ class TorchEngine:
     def name(self) -> str:
         return f"torch {self.precision}" + (" compiled" if self.compiled else "")
 
-    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, x: Tensor, features: bool = True) -> tuple[Tensor, Tensor]:
         x = x.to(self.device, self.input_dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             logits, features = self.module(x)
@@ -279,31 +279,33 @@ class OpenVINOEngine:
     def name(self) -> str:
         return f"openvino {self.precision}"
 
-    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, x: Tensor, features: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Logits and (unless ``features=False``: then None, and nothing copied) the last feature map."""
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        outputs = 2 if features else 1
         if self._queue is not None and len(array) >= 4 * self.streams:
-            return self._split(array)
+            return self._split(array, outputs)
         request = getattr(self._requests, "request", None)
         if request is None:
             request = self._requests.request = self.compiled_model.create_infer_request()
-        out = request.infer({0: array})
-        logits, features = (torch.from_numpy(np.array(out[o])) for o in self.compiled_model.outputs)
-        return logits, features
+        request.infer({0: array})
+        out = [torch.from_numpy(request.get_output_tensor(k).data.copy()) for k in range(outputs)]
+        return out[0], out[1] if features else None
 
-    def _split(self, array: np.ndarray) -> tuple[Tensor, Tensor]:
+    def _split(self, array: np.ndarray, outputs: int) -> tuple[Tensor, Tensor | None]:
         """The batch in one part per stream, run at once; the caller (the Predictor) runs one pass at a time."""
         parts = np.array_split(array, self.streams)
         results: list = [None] * len(parts)
 
         def done(request, i):
-            results[i] = [request.get_output_tensor(k).data.copy() for k in range(2)]
+            results[i] = [request.get_output_tensor(k).data.copy() for k in range(outputs)]
 
         self._queue.set_callback(done)
         for i, part in enumerate(parts):
             self._queue.start_async({0: part}, i)
         self._queue.wait_all()
-        return (torch.from_numpy(np.concatenate([r[0] for r in results])),
-                torch.from_numpy(np.concatenate([r[1] for r in results])))
+        out = [torch.from_numpy(np.concatenate([r[k] for r in results])) for k in range(outputs)]
+        return out[0], out[1] if outputs == 2 else None
 
 
 def quiet_stdout():

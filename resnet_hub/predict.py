@@ -282,11 +282,11 @@ class Predictor:
             return decode_to_tensor_batch(_as_list(images), self.model.preprocessing, draft=self.draft_side)
         return to_tensor_batch(self.layout(self.decode(images)), self.model.preprocessing)
 
-    def forward(self, batch: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, C, H, W) preprocessed fp32 batch -> ((B, num_classes) fp32 logits, last feature map)."""
+    def forward(self, batch: Tensor, features: bool = True) -> tuple[Tensor, Tensor | None]:
+        """(B, C, H, W) preprocessed fp32 batch -> ((B, num_classes) fp32 logits, last feature map or None)."""
         with self._lock:
             start = time.perf_counter()
-            logits, features = self._engine(batch)
+            logits, features = self._engine(batch, features) if not features else self._engine(batch)
             if len(batch) not in self._first_call_ms:
                 synchronize(self.device)
                 self._first_call_ms[len(batch)] = (time.perf_counter() - start) * 1000
@@ -294,7 +294,7 @@ class Predictor:
 
     def logits(self, batch: Tensor) -> Tensor:
         """(B, C, H, W) preprocessed fp32 batch -> (B, num_classes) fp32 logits."""
-        return self.forward(batch)[0]
+        return self.forward(batch, features=False)[0]
 
     def forward_batched(self, batch: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`forward`, with requests that arrive from other threads meanwhile run in one batch.

@@ -98,7 +98,7 @@ class _FastButWrong:
     def __init__(self, model):
         self.model = model
 
-    def __call__(self, x):
+    def __call__(self, x, features=True):
         logits, features = self.model.forward_head(f := self.model.forward_features(x)), None
         return torch.randn_like(logits) * 10, f
 
@@ -268,9 +268,9 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tmp_path):
     expected = [predictor.classify(i, top_k=3) for i in images]
     slow = predictor._engine
 
-    def slower(x):  # each pass takes long enough for the other requests to queue behind it
+    def slower(x, *args):  # each pass takes long enough for the other requests to queue behind it
         time.sleep(0.05)
-        return slow(x)
+        return slow(x, *args)
 
     predictor._engine = slower
     before = predictor.batches_run
@@ -291,7 +291,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tmp_path):
 def test_a_failing_pass_reaches_every_request_in_it(tmp_path):
     predictor = Predictor(photo_model(), "cpu", "fp32", cache_dir=tmp_path)
 
-    def broken(x):
+    def broken(x, *args):
         raise RuntimeError("out of memory (test)")
 
     predictor._engine = broken
