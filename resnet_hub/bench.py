@@ -117,7 +117,7 @@ class OpenVINOPeer:
         def done(request, i):
             out[i] = request.get_output_tensor(0).data.copy()
 
-        self._queue.set_callback(done)
+        self._queue.set_callback(done)  # the peer as its users write it: OpenVINO's AsyncInferQueue
         for i, part in enumerate(parts):
             self._queue.start_async({0: part}, i)
         self._queue.wait_all()

@@ -259,7 +259,10 @@ class OpenVINOEngine:
         # (on this 2-core machine +7% images/s at batch 32 for ResNet-50); small ones: one LATENCY request.
         self.throughput_model = core.compile_model(ov_model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
         self.streams = max(1, int(self.throughput_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        self._queue = ov.AsyncInferQueue(self.throughput_model, self.streams) if self.streams > 1 else None
+        # Plain requests started and waited for in turn: no Python callback runs on OpenVINO's threads
+        # (an AsyncInferQueue's callback did, and the test run once ended in a segmentation fault).
+        self._stream_requests = ([self.throughput_model.create_infer_request() for _ in range(self.streams)]
+                                 if self.streams > 1 else [])
         self._requests = threading.local()
 
     @staticmethod
@@ -283,7 +286,7 @@ class OpenVINOEngine:
         """Logits and (unless ``features=False``: then None, and nothing copied) the last feature map."""
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         outputs = 2 if features else 1
-        if self._queue is not None and len(array) >= 4 * self.streams:
+        if self._stream_requests and len(array) >= 4 * self.streams:
             return self._split(array, outputs)
         request = getattr(self._requests, "request", None)
         if request is None:
@@ -295,16 +298,12 @@ class OpenVINOEngine:
     def _split(self, array: np.ndarray, outputs: int) -> tuple[Tensor, Tensor | None]:
         """The batch in one part per stream, run at once; the caller (the Predictor) runs one pass at a time."""
         parts = np.array_split(array, self.streams)
-        results: list = [None] * len(parts)
-
-        def done(request, i):
-            results[i] = [request.get_output_tensor(k).data.copy() for k in range(outputs)]
-
-        self._queue.set_callback(done)
-        for i, part in enumerate(parts):
-            self._queue.start_async({0: part}, i)
-        self._queue.wait_all()
-        out = [torch.from_numpy(np.concatenate([r[k] for r in results])) for k in range(outputs)]
+        for request, part in zip(self._stream_requests, parts):
+            request.start_async({0: part})
+        for request in self._stream_requests:
+            request.wait()
+        out = [torch.from_numpy(np.concatenate([r.get_output_tensor(k).data for r in self._stream_requests]))
+               for k in range(outputs)]
         return out[0], out[1] if outputs == 2 else None
 
 
