@@ -20,7 +20,7 @@ import torchvision
 from torch import Tensor
 
 from .errors import WeightsNotFoundError
-from .hardware import cpu_has_int8, device_name, fast_precisions, resolve_device, resolve_precision, synchronize
+from .hardware import device_name, resolve_device, resolve_precision, synchronize
 from .predict import Predictor
 from .store import is_model_folder, starter_folder
 from .weights import HubResNet, create, load
@@ -181,8 +181,7 @@ def run_bench(
 
     from . import engines
     from .hardware import cpu_model_name, int8_peak
-    from .images import load_image
-    from .predict import default_calibration, default_check_images
+    from .predict import count_gmacs, default_calibration, default_check_images
 
     dev = resolve_device(device)
     pairs = [f"{e} {p}" for e, p in engines.candidates(dev)]
@@ -198,13 +197,12 @@ def run_bench(
     paths = paths[:batch_size]
     for model_name in models:
         model, weights, trained = _load_bench_model(model_name, dev)
-        kind = model.info.training.get("kind", "photo")
         check, what = default_check_images(model, 64)
         x = check[:batch_size].to(dev)
         if len(x) < batch_size:
             x = x.repeat(math.ceil(batch_size / len(x)), 1, 1, 1)[:batch_size]
         calibration = default_calibration(model)
-        gmacs = _gmacs(model)
+        gmacs = count_gmacs(model)
         ref = torchvision_reference(model)
         with torch.inference_mode():
             ref_logits = ref(check.to(dev)).float().cpu()
@@ -311,17 +309,6 @@ def _head_to_head(model_name: str, peer: OpenVINOPeer, default: Predictor, x: Te
     ours_rate = 1000 * batch_size / statistics.median(ours_ms)
     return (f"{model_name}: head to head at batch {batch_size}, {len(ours_ms)} alternating turns each: default "
             f"{ours_rate:.1f} img/s, OpenVINO int8 used directly {peer_rate:.1f} img/s: {ours_rate / peer_rate:.2f}x")
-
-
-def _gmacs(model: HubResNet) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    size = model.preprocessing.input_size
-    probe = copy.deepcopy(model).to("cpu").eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        probe(torch.zeros(1, model.config.in_chans, size, size))
-    return counter.get_total_flops() / 2 / 1e9
 
 
 def _end_to_end(model_name, model, ref, ov_int8, default, paths, one_jpeg, dev, runs) -> list[dict[str, Any]]:

@@ -116,6 +116,18 @@ def default_check_images(model: HubResNet, n: int = CHECK_IMAGES) -> tuple[Tenso
     return to_tensor_batch([center_digit(i) for i in images] if kind == "digits" else images, model.preprocessing), what
 
 
+def count_gmacs(model: HubResNet) -> float:
+    """Multiply-accumulates of one forward pass of ``model`` at its input size, in billions."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = model.preprocessing.input_size
+    probe = copy.deepcopy(model).to("cpu").eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        probe(torch.zeros(1, model.config.in_chans, size, size))
+    return counter.get_total_flops() / 2 / 1e9  # FlopCounterMode counts a multiply-add as 2 flops
+
+
 def has_trained_weights(model: HubResNet) -> bool:
     """Weights with a training record (fine-tuned or trained here) or from a Hub repo: an accuracy to protect."""
     from .hub import hub_repo_id
@@ -197,7 +209,7 @@ class Predictor:
         needs_calibration = precision in ("auto", "int8")
         if needs_calibration and calibration is None and self.device.type == "cpu":
             calibration = default_calibration(self.model)
-        key = _engines.weights_key(model) if (cache or precision == "auto" or engine == "openvino") else ""
+        key = _engines.weights_key(model) if (precision == "auto" or engine == "openvino") else ""
         if precision == "auto":
             check_images, what = default_check_images(self.model)
             trained = has_trained_weights(self.model)
@@ -240,14 +252,7 @@ class Predictor:
     @functools.cached_property
     def gmacs(self) -> float:
         """Multiply-accumulates of one forward pass at the model's input size, in billions."""
-        from torch.utils.flop_counter import FlopCounterMode
-
-        size = self.model.preprocessing.input_size
-        probe = copy.deepcopy(self.model).to("cpu").eval()
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            probe(torch.zeros(1, self.model.config.in_chans, size, size))
-        return counter.get_total_flops() / 2 / 1e9  # FlopCounterMode counts a multiply-add as 2 flops
+        return count_gmacs(self.model)
 
     # -- core -------------------------------------------------------------
 

@@ -639,9 +639,14 @@ class FinetuneJobs:
                 batch.append(event)
             yield batch
 
-    def stop(self, job_id: str | None) -> bool:
+    def _unfinished(self, job_id: str | None) -> Job | None:
+        """The job ``job_id`` names, while it has not finished."""
         job = self._jobs.get(job_id or "") or self.active
-        if job is None or job.id != job_id or job.done.is_set():
+        return None if job is None or job.id != job_id or job.done.is_set() else job
+
+    def stop(self, job_id: str | None) -> bool:
+        job = self._unfinished(job_id)
+        if job is None:
             return False
         job.stop.set()
         return True
@@ -666,8 +671,8 @@ class FinetuneJobs:
 
     def cancel(self, job_id: str | None) -> bool:
         """End the run at the next step and keep nothing (Stop keeps what it learned)."""
-        job = self._jobs.get(job_id or "") or self.active
-        if job is None or job.id != job_id or job.done.is_set():
+        job = self._unfinished(job_id)
+        if job is None:
             return False
         job.cancel.set()
         job.stop.set()  # a run still waiting in line leaves it too

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import math
 import platform
 from collections.abc import Callable, Sequence
@@ -13,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..hardware import cpu_model_name
 from .settings import DegradationSettings, GradientSettings, PlainVsResNetSettings, settings_from_dict
 
 
@@ -204,22 +204,10 @@ def environment(device: torch.device) -> dict[str, Any]:
     """Where a result was measured: date, CPU (or GPU), threads, torch."""
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": _cpu_name(), "threads": torch.get_num_threads(), "device": str(device),
+        "cpu": cpu_model_name(), "threads": torch.get_num_threads(), "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__, "python": platform.python_version(),
     }
-
-
-@functools.cache
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="ignore") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class Reporter:
