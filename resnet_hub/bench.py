@@ -87,20 +87,22 @@ class OpenVINOPeer:
         import nncf
         import openvino as ov
 
+        from .engines import quiet_stdout
+        from .openvino_runtime import core, keep_signal_stack
+
         size = model.preprocessing.input_size
         ov_model = ov.convert_model(copy.deepcopy(model).float().eval(), example_input=torch.zeros(1, 3, size, size),
                                     input=[(-1, model.config.in_chans, size, size)])
-        if precision == "int8":
-            nncf.set_log_level(__import__("logging").ERROR)
-            from .engines import quiet_stdout
-
-            with quiet_stdout():
-                ov_model = nncf.quantize(ov_model, nncf.Dataset([calibration[i : i + 1].numpy()
-                                                                 for i in range(len(calibration))]),
-                                         subset_size=len(calibration))
-        core = ov.Core()
-        self.latency = core.compile_model(ov_model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
-        self.throughput = core.compile_model(ov_model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+        # The process's one Core, as a script holds one; see openvino_runtime for why never a second.
+        with keep_signal_stack():
+            if precision == "int8":
+                nncf.set_log_level(__import__("logging").ERROR)
+                with quiet_stdout():
+                    ov_model = nncf.quantize(ov_model, nncf.Dataset([calibration[i : i + 1].numpy()
+                                                                     for i in range(len(calibration))]),
+                                             subset_size=len(calibration))
+            self.latency = core().compile_model(ov_model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+            self.throughput = core().compile_model(ov_model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
         self.streams = int(self.throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._request = self.latency.create_infer_request()
         self._queue = ov.AsyncInferQueue(self.throughput, self.streams)

@@ -179,10 +179,13 @@ class TorchEngine:
 def openvino_available() -> str | None:
     """None when OpenVINO imports and has a CPU device here, else why not."""
     try:
-        import openvino as ov
+        import openvino  # noqa: F401 - an import that fails says more than the Core would
 
-        if "CPU" not in ov.Core().available_devices:
-            return "OpenVINO sees no CPU device"
+        from .openvino_runtime import core, keep_signal_stack
+
+        with keep_signal_stack():
+            if "CPU" not in core().available_devices:
+                return "OpenVINO sees no CPU device"
     except Exception as e:  # noqa: BLE001 - a broken install can raise anything at import
         return f"OpenVINO is not usable here ({type(e).__name__}: {e}); pip install openvino"
     return None
@@ -222,7 +225,7 @@ class OpenVINOEngine:
             raise EngineError("OpenVINO bf16 needs a CPU with AVX-512-BF16 or AMX")
         if precision == "int8" and calibration is None:
             raise EngineError("OpenVINO int8 needs calibration images")
-        import openvino as ov
+        from .openvino_runtime import core, keep_signal_stack
 
         self.precision = precision
         self.device = torch.device("cpu")
@@ -245,22 +248,21 @@ class OpenVINOEngine:
         config = {"PERFORMANCE_HINT": "LATENCY",
                   # OpenVINO runs "fp32" models in bf16 on CPUs that have it unless told otherwise.
                   "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
-        core = ov.Core()
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir / "openvino-blobs")
-        try:
-            self.compiled_model = core.compile_model(ov_model, "CPU", config)
-        except Exception:  # noqa: BLE001 - a damaged blob in OpenVINO's cache: compile afresh without it
-            if "CACHE_DIR" not in config:
-                raise
-            shutil.rmtree(config.pop("CACHE_DIR"), ignore_errors=True)
-            self.compiled_model = core.compile_model(ov_model, "CPU", config)
-        # Large batches: the THROUGHPUT hint's streams, each running its share of the batch at once
-        # (on this 2-core machine +7% images/s at batch 32 for ResNet-50); small ones: one LATENCY request.
-        self.throughput_model = core.compile_model(ov_model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
+        with keep_signal_stack():
+            try:
+                self.compiled_model = core().compile_model(ov_model, "CPU", config)
+            except Exception:  # noqa: BLE001 - a damaged blob in OpenVINO's cache: compile afresh without it
+                if "CACHE_DIR" not in config:
+                    raise
+                shutil.rmtree(config.pop("CACHE_DIR"), ignore_errors=True)
+                self.compiled_model = core().compile_model(ov_model, "CPU", config)
+            # Large batches: the THROUGHPUT hint's streams, each running its share of the batch at once
+            # (on this 2-core machine +7% images/s at batch 32 for ResNet-50); small ones: one LATENCY request.
+            self.throughput_model = core().compile_model(ov_model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
         self.streams = max(1, int(self.throughput_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        # Plain requests started and waited for in turn: no Python callback runs on OpenVINO's threads
-        # (an AsyncInferQueue's callback did, and the test run once ended in a segmentation fault).
+        # One plain request per stream, started and then waited for: no Python callback on OpenVINO's threads.
         self._stream_requests = ([self.throughput_model.create_infer_request() for _ in range(self.streams)]
                                  if self.streams > 1 else [])
         self._requests = threading.local()
@@ -271,9 +273,11 @@ class OpenVINOEngine:
 
         import nncf
 
+        from .openvino_runtime import keep_signal_stack
+
         nncf.set_log_level(logging.ERROR)
         samples = [calibration[i : i + 1].numpy() for i in range(len(calibration))]
-        with warnings.catch_warnings(), quiet_stdout():
+        with warnings.catch_warnings(), quiet_stdout(), keep_signal_stack():  # NNCF compiles on Cores of its own
             warnings.simplefilter("ignore")
             return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples),
                                  preset=nncf.QuantizationPreset.PERFORMANCE)
@@ -350,7 +354,7 @@ def _converted(model: ResNet, size: int, cache_dir: Path | None, weights_key: st
 
 def _read_ir(folder: Path):
     """The cached IR in ``folder``, or None (absent, or damaged: then removed)."""
-    import openvino as ov
+    from .openvino_runtime import core
 
     manifest = folder / "manifest.json"
     if not manifest.is_file():
@@ -360,7 +364,7 @@ def _read_ir(folder: Path):
         for name, digest in sums.items():
             if _file_digest(folder / name) != digest:
                 raise ValueError(f"{name} does not match its checksum")
-        return ov.Core().read_model(folder / "model.xml")
+        return core().read_model(folder / "model.xml")
     except Exception:  # noqa: BLE001 - a damaged cache entry is never half-read: rebuilt instead
         shutil.rmtree(folder, ignore_errors=True)
         return None
