@@ -61,9 +61,11 @@ def browser(running_app, tmp_path_factory):
 
 
 @pytest.fixture
-def page(browser, running_app):
+def page(browser, running_app, request):
     page = browser.new_page()
-    page.on("pageerror", lambda error: browser.page_errors.append(str(error)))
+    # Which test's page, and where in Gradio's bundle: a bare message cannot be traced back.
+    page.on("pageerror", lambda error: browser.page_errors.append(
+        f"{request.node.name}: {error}\n{(getattr(error, 'stack', '') or '')[:600]}"))
     page.goto(running_app.url, wait_until="domcontentloaded")  # "networkidle" never comes: the page keeps a stream open
     page.locator("#weights-banner").wait_for()
     try:
