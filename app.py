@@ -302,6 +302,13 @@ def _curve_frame(rows, y: str, series: tuple[str, ...]) -> pd.DataFrame | None:
     return frame.astype({"images": "int64", "series": "str", y: "float64"})
 
 
+def drawn_or_kept(frame: pd.DataFrame | None):
+    """A curve to draw, or (none yet) the plot left as it is: Gradio 6.31's LinePlot set back to None unmounts its
+    chart but keeps its ResizeObserver, which then throws "Cannot read properties of null (reading 'offsetWidth')"
+    in the page. So a new run's curves replace the last run's at its first step."""
+    return gr.skip() if frame is None else frame
+
+
 def _progress_line(event) -> str:
     return (f"epoch {event.epoch + 1}/{event.epochs} · step {event.step}/{event.total_steps} "
             f"({event.step / event.total_steps:.0%}) · {event.images_per_s:.0f} images/s · about {event.eta_s:.0f} s left")
@@ -449,8 +456,8 @@ def train(data_zip, use_mnist, base, epochs, lr, freeze, name, seed=0, browser_i
     try:
         waiting = jobs.position(job) > 0
         status = f"{summary}\n\n{_queue_line(job)}" if waiting else summary
-        yield job.id, status, loss_curve(history), accuracy_curves(history), None, None, _running(), \
-            *_choices_update(visitor)
+        yield job.id, status, drawn_or_kept(loss_curve(history)), drawn_or_kept(accuracy_curves(history)), None, None, \
+            _running(), *_choices_update(visitor)
         for batch in jobs.stream(job):
             if waiting and not batch:
                 waiting = jobs.position(job) > 0
@@ -465,8 +472,8 @@ def train(data_zip, use_mnist, base, epochs, lr, freeze, name, seed=0, browser_i
             if steps or messages:
                 status = summary + "\n\n" + (f"**{_progress_line(steps[-1])}**" if steps else "")
                 status += "".join(f"\n\n{m}" for m in messages[-1:])
-                yield job.id, status, loss_curve(history), accuracy_curves(history), gr.skip(), gr.skip(), _running(), \
-                    *[gr.skip()] * CHOOSERS
+                yield job.id, status, drawn_or_kept(loss_curve(history)), drawn_or_kept(accuracy_curves(history)), \
+                    gr.skip(), gr.skip(), _running(), *[gr.skip()] * CHOOSERS
     finally:
         # The visitor left (Gradio closed this generator): nobody can press Stop any more.
         if not job.done.is_set():
@@ -479,7 +486,8 @@ def train(data_zip, use_mnist, base, epochs, lr, freeze, name, seed=0, browser_i
             _idle(), *_choices_update(visitor)
         return
     if result.model is None:  # cancelled, or stopped before it learned anything
-        yield None, f"**{result.reason}: nothing saved.**", loss_curve(history), accuracy_curves(history), None, None, \
+        yield None, f"**{result.reason}: nothing saved.**", drawn_or_kept(loss_curve(history)), \
+            drawn_or_kept(accuracy_curves(history)), None, None, \
             _idle(), *_choices_update(visitor)
         return
     stopped = (f"**{result.reason.capitalize()} at epoch {result.stopped_at['epoch']}, step {result.stopped_at['step']} "
