@@ -93,16 +93,15 @@ class OpenVINOPeer:
         size = model.preprocessing.input_size
         ov_model = ov.convert_model(copy.deepcopy(model).float().eval(), example_input=torch.zeros(1, 3, size, size),
                                     input=[(-1, model.config.in_chans, size, size)])
+        if precision == "int8":
+            nncf.set_log_level(__import__("logging").ERROR)
+            with quiet_stdout(), keep_signal_stack():  # NNCF compiles on Cores of its own
+                ov_model = nncf.quantize(ov_model, nncf.Dataset([calibration[i : i + 1].numpy()
+                                                                 for i in range(len(calibration))]),
+                                         subset_size=len(calibration))
         # The process's one Core, as a script holds one; see openvino_runtime for why never a second.
-        with keep_signal_stack():
-            if precision == "int8":
-                nncf.set_log_level(__import__("logging").ERROR)
-                with quiet_stdout():
-                    ov_model = nncf.quantize(ov_model, nncf.Dataset([calibration[i : i + 1].numpy()
-                                                                     for i in range(len(calibration))]),
-                                             subset_size=len(calibration))
-            self.latency = core().compile_model(ov_model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
-            self.throughput = core().compile_model(ov_model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+        self.latency = core().compile_model(ov_model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+        self.throughput = core().compile_model(ov_model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
         self.streams = int(self.throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._request = self.latency.create_infer_request()
         self._queue = ov.AsyncInferQueue(self.throughput, self.streams)

@@ -181,11 +181,10 @@ def openvino_available() -> str | None:
     try:
         import openvino  # noqa: F401 - an import that fails says more than the Core would
 
-        from .openvino_runtime import core, keep_signal_stack
+        from .openvino_runtime import core
 
-        with keep_signal_stack():
-            if "CPU" not in core().available_devices:
-                return "OpenVINO sees no CPU device"
+        if "CPU" not in core().available_devices:
+            return "OpenVINO sees no CPU device"
     except Exception as e:  # noqa: BLE001 - a broken install can raise anything at import
         return f"OpenVINO is not usable here ({type(e).__name__}: {e}); pip install openvino"
     return None
@@ -225,7 +224,7 @@ class OpenVINOEngine:
             raise EngineError("OpenVINO bf16 needs a CPU with AVX-512-BF16 or AMX")
         if precision == "int8" and calibration is None:
             raise EngineError("OpenVINO int8 needs calibration images")
-        from .openvino_runtime import core, keep_signal_stack
+        from .openvino_runtime import core
 
         self.precision = precision
         self.device = torch.device("cpu")
@@ -250,17 +249,16 @@ class OpenVINOEngine:
                   "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir / "openvino-blobs")
-        with keep_signal_stack():
-            try:
-                self.compiled_model = core().compile_model(ov_model, "CPU", config)
-            except Exception:  # noqa: BLE001 - a damaged blob in OpenVINO's cache: compile afresh without it
-                if "CACHE_DIR" not in config:
-                    raise
-                shutil.rmtree(config.pop("CACHE_DIR"), ignore_errors=True)
-                self.compiled_model = core().compile_model(ov_model, "CPU", config)
-            # Large batches: the THROUGHPUT hint's streams, each running its share of the batch at once
-            # (on this 2-core machine +7% images/s at batch 32 for ResNet-50); small ones: one LATENCY request.
-            self.throughput_model = core().compile_model(ov_model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
+        try:
+            self.compiled_model = core().compile_model(ov_model, "CPU", config)
+        except Exception:  # noqa: BLE001 - a damaged blob in OpenVINO's cache: compile afresh without it
+            if "CACHE_DIR" not in config:
+                raise
+            shutil.rmtree(config.pop("CACHE_DIR"), ignore_errors=True)
+            self.compiled_model = core().compile_model(ov_model, "CPU", config)
+        # Large batches: the THROUGHPUT hint's streams, each running its share of the batch at once
+        # (on this 2-core machine +7% images/s at batch 32 for ResNet-50); small ones: one LATENCY request.
+        self.throughput_model = core().compile_model(ov_model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
         self.streams = max(1, int(self.throughput_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         # One plain request per stream, started and then waited for: no Python callback on OpenVINO's threads.
         self._stream_requests = ([self.throughput_model.create_infer_request() for _ in range(self.streams)]

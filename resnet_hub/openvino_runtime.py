@@ -8,9 +8,10 @@ unmapped stack. The next signal with a Python handler on that thread (``SIGCHLD`
 DataLoader worker, pytest-timeout's ``SIGALRM``, Ctrl-C) then kills the process with SIGSEGV
 before faulthandler can print anything: CPython installs every handler with ``SA_ONSTACK``.
 
-So the package makes one :func:`core` for the process and never destroys it, and every call
-that may create a plugin (compiling, NNCF's quantization, which makes Cores of its own) runs
-under :func:`keep_signal_stack`, which gives the thread back the stack it had.
+So the package makes one :func:`core` for the process, loads its CPU plugin at once and never
+destroys it (compiling on it then creates no plugin), and every call that makes Cores of its own
+(NNCF's quantization) runs under :func:`keep_signal_stack`, which gives the thread back the stack
+it had.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def signal_stack() -> tuple[int | None, int, int]:
 
 @contextlib.contextmanager
 def keep_signal_stack() -> Iterator[None]:
-    """Run OpenVINO code that may create a CPU plugin; afterwards this thread has its old signal stack."""
+    """Run OpenVINO code that may create a CPU plugin (a Core of its own); afterwards this thread has its old
+    signal stack."""
     libc = _libc()
     saved = _StackT()
     if libc is None or libc.sigaltstack(None, ctypes.byref(saved)) != 0:
