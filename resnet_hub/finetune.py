@@ -49,6 +49,10 @@ MAX_CARD_MISTAKES = 50  # misclassified images listed in the card and config.jso
 # computation of the full loop (the test of that equivalence sets it).
 FOLD_FROZEN_BATCHNORM = True
 MAX_CACHE_BYTES = 2 * 2**30  # cached frozen features, at most (on a GPU also at most half its free memory)
+# Images per forward pass of the cache. On 2 CPU cores (Zen 5), 8 at a time keeps a chunk's activations in cache:
+# ResNet-18 through layer3 at 224 px 254 img/s in bf16 vs 167 at 64, 127 vs 95 in fp32; ResNet-50 91 vs 55 (bf16).
+# A GPU wants large batches.
+CACHE_CHUNK = {"cpu": 8, "cuda": 64}
 
 
 @dataclass(frozen=True)
@@ -427,8 +431,9 @@ def _gib(n: int) -> str:
 
 
 def cache_features(model: HubResNet, x: Tensor, plan: CachePlan, augment: str, generator: torch.Generator,
-                   autocast: dict, should_stop: Callable[[], str], chunk: int = 64) -> list[Tensor] | str:
+                   autocast: dict, should_stop: Callable[[], str], chunk: int | None = None) -> list[Tensor] | str:
     """One (N, ...) fp32 feature tensor per view, computed chunk by chunk; or the reason a stop arrived."""
+    chunk = chunk or CACHE_CHUNK.get(x.device.type, 64)
     frozen = frozen_part(model)
     views = []
     for v in range(plan.views):
