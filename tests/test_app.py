@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import random
 import struct
+import sys
 import threading
 import time
 import zipfile
@@ -416,3 +417,30 @@ def test_a_live_lab_run_waits_in_line_behind_a_training_and_then_runs(running_ap
     finally:
         TRAINING.leave(fine_tune)
     assert "**Done**" in run.result(timeout=240)[-1]
+
+
+def _loadtest():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("loadtest", Path(__file__).parent.parent / "scripts" / "loadtest.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["loadtest"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("client", ["http", "gradio_client"])
+def test_the_load_script_gets_every_distinct_photo_answered(running_app, client, capsys):
+    code = _loadtest().main(["--url", running_app.url, "--clients", "3", "--requests", "2", "--distinct-photos",
+                             "--client", client])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "answered                 6" in out and "failed                   0" in out
+    assert_still_serves(running_app.client)
+
+
+def test_the_load_script_counts_an_answer_with_an_error_as_failed(running_app, capsys):
+    code = _loadtest().main(["--url", running_app.url, "--clients", "1", "--requests", "2", "--model", "no-such-model"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "failed                   2" in out and "error: ValueError: the app answered error" in out, out
