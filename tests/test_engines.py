@@ -394,3 +394,16 @@ def test_an_unknown_engine_is_refused_with_the_choices():
         Predictor(photo_model(), "cpu", engine="tensorrt", cache_dir=None)
     with pytest.raises(EngineError, match="OpenVINO runs on CPUs"):
         engines.candidates(torch.device("cuda"), "openvino")
+
+
+def test_the_bench_says_when_a_measured_share_passes_the_int8_peak():
+    from resnet_hub.bench import peak_notes
+
+    peak = hardware.int8_peak()
+    rows = [{"path": "eager", "% int8 peak": 9.3}, {"path": "not available", "note": "no OpenVINO"},
+            {"path": "int8", "% int8 peak": float("nan")}]
+    assert len(peak_notes(rows, peak)) == 1 and peak["formula"] in peak_notes(rows, peak)[0]
+    rows.append({"path": "openvino int8", "% int8 peak": 122.4})
+    formula, warning = peak_notes(rows, peak)
+    assert "reaches 122%" in warning and f"{peak['ghz']:.2f} GHz" in warning and "lower bound" in warning
+    assert f"more int8 MACs per cycle than {peak['macs_per_cycle']}" in warning
