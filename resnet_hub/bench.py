@@ -295,8 +295,9 @@ def peak_notes(rows: list[dict[str, Any]], peak: dict) -> list[str]:
     notes = [f"% int8 peak = images/s x GMACs per image / int8 peak; peak = {peak['formula']} = "
              f"{peak['gmacs_per_s']:.0f} GMAC/s"]
     shares = [r["% int8 peak"] for r in rows if "% int8 peak" in r and not math.isnan(r["% int8 peak"])]
-    if max(shares, default=0.0) > 100:  # measured beyond the computed peak: the clock read is below the one run at
-        notes.append(f"% int8 peak reaches {max(shares):.0f}%: the peak is a lower bound here, so the shares are upper "
+    top = max(shares, default=0.0)
+    if top > 100:  # measured beyond the computed peak: the clock read is below the one run at
+        notes.append(f"% int8 peak reaches {top:.0f}%: the peak is a lower bound here, so the shares are upper "
                      f"bounds. The cores ran faster than the {peak['ghz']:.2f} GHz this machine reports (with no "
                      f"cpufreq maximum, the clock in /proc/cpuinfo; a boost clock is not shown), or they retire more "
                      f"int8 MACs per cycle than {peak['macs_per_cycle']}")

@@ -431,9 +431,9 @@ def _gib(n: int) -> str:
 
 
 def cache_features(model: HubResNet, x: Tensor, plan: CachePlan, augment: str, generator: torch.Generator,
-                   autocast: dict, should_stop: Callable[[], str], chunk: int | None = None) -> list[Tensor] | str:
+                   autocast: dict, should_stop: Callable[[], str]) -> list[Tensor] | str:
     """One (N, ...) fp32 feature tensor per view, computed chunk by chunk; or the reason a stop arrived."""
-    chunk = chunk or CACHE_CHUNK.get(x.device.type, 64)
+    chunk = CACHE_CHUNK.get(x.device.type, CACHE_CHUNK["cuda"])
     frozen = frozen_part(model)
     views = []
     for v in range(plan.views):

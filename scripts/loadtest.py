@@ -118,8 +118,26 @@ def distinct_photos(folder: Path, clients: int, requests: int, side: int = 640) 
     return out
 
 
+def send_requests(send, image: str | list[str], requests: int, deadline: float, tally: Tally) -> None:
+    """A client's requests in turn: ``send`` takes an image path and returns the answer's label; each is timed
+    and tallied, and any failure, a missing label among them, is counted."""
+    for i in range(requests):
+        if time.monotonic() > deadline:
+            tally.failed("not sent: the run's time limit was reached")
+            continue
+        start = time.perf_counter()
+        try:
+            label = send(image[i] if isinstance(image, list) else image)
+            if not label or "label" not in label:
+                raise ValueError(f"no label in the answer: {label!r}")
+            tally.answered((time.perf_counter() - start) * 1000)
+        except Exception as e:  # noqa: BLE001 - every kind of failure is counted and reported
+            tally.failed(f"{type(e).__name__}: {e}"[:200])
+
+
 def one_client(url: str, image: str | list[str], model: str, requests: int, timeout_s: float, deadline: float,
                tally: Tally, ready: threading.Barrier) -> None:
+    """Gradio's Python client."""
     from gradio_client import Client, handle_file
 
     try:
@@ -129,22 +147,17 @@ def one_client(url: str, image: str | list[str], model: str, requests: int, time
         for _ in range(requests):
             tally.failed(f"connect: {type(e).__name__}: {e}")
         return
-    ready.wait()
-    for i in range(requests):
-        if time.monotonic() > deadline:
-            tally.failed("not sent: the run's time limit was reached")
-            continue
-        start = time.perf_counter()
-        job = client.submit(handle_file(image[i] if isinstance(image, list) else image), None, model, 5,
-                            api_name="/classify")
+
+    def send(path: str):
+        job = client.submit(handle_file(path), None, model, 5, api_name="/classify")
         try:
-            label = job.result(timeout=timeout_s)[0]
-            if not label or "label" not in label:
-                raise ValueError(f"no label in the answer: {label!r}")
-            tally.answered((time.perf_counter() - start) * 1000)
-        except Exception as e:  # noqa: BLE001 - every kind of failure is counted and reported
+            return job.result(timeout=timeout_s)[0]
+        except Exception:
             job.cancel()
-            tally.failed(f"{type(e).__name__}: {e}"[:200])
+            raise
+
+    ready.wait()
+    send_requests(send, image, requests, deadline, tally)
 
 
 def one_http_client(url: str, image: str | list[str], model: str, requests: int, timeout_s: float, deadline: float,
@@ -155,38 +168,31 @@ def one_http_client(url: str, image: str | list[str], model: str, requests: int,
     import httpx
 
     with httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s) as http:
+
+        def send(path: str):
+            with open(path, "rb") as f:
+                uploaded = http.post("/gradio_api/upload", files=[("files", (Path(path).name, f, "image/jpeg"))])
+            uploaded.raise_for_status()
+            file = {"path": uploaded.json()[0], "meta": {"_type": "gradio.FileData"}}
+            call = http.post("/gradio_api/call/classify", json={"data": [file, None, model, 5]})
+            call.raise_for_status()
+            event, data = "", ""
+            with http.stream("GET", f"/gradio_api/call/classify/{call.json()['event_id']}") as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:") and event in ("complete", "error"):
+                        data = line[5:].strip()
+                        break
+            if event != "complete":
+                raise ValueError(f"the app answered {event or 'nothing'}: {data[:150]}")
+            label, _, heatmap = json.loads(data)
+            if heatmap:  # the browser shows it: fetch it as the page would
+                http.get(heatmap["url"]).raise_for_status()
+            return label
+
         ready.wait()
-        for i in range(requests):
-            if time.monotonic() > deadline:
-                tally.failed("not sent: the run's time limit was reached")
-                continue
-            path = Path(image[i] if isinstance(image, list) else image)
-            start = time.perf_counter()
-            try:
-                with path.open("rb") as f:
-                    uploaded = http.post("/gradio_api/upload", files=[("files", (path.name, f, "image/jpeg"))])
-                uploaded.raise_for_status()
-                file = {"path": uploaded.json()[0], "meta": {"_type": "gradio.FileData"}}
-                call = http.post("/gradio_api/call/classify", json={"data": [file, None, model, 5]})
-                call.raise_for_status()
-                event, data = "", ""
-                with http.stream("GET", f"/gradio_api/call/classify/{call.json()['event_id']}") as stream:
-                    for line in stream.iter_lines():
-                        if line.startswith("event:"):
-                            event = line[6:].strip()
-                        elif line.startswith("data:") and event in ("complete", "error"):
-                            data = line[5:].strip()
-                            break
-                if event != "complete":
-                    raise ValueError(f"the app answered {event or 'nothing'}: {data[:150]}")
-                label, _, heatmap = json.loads(data)
-                if not label or "label" not in label:
-                    raise ValueError(f"no label in the answer: {label!r}")
-                if heatmap:  # the browser shows it: fetch it as the page would
-                    http.get(heatmap["url"]).raise_for_status()
-                tally.answered((time.perf_counter() - start) * 1000)
-            except Exception as e:  # noqa: BLE001 - every kind of failure is counted and reported
-                tally.failed(f"{type(e).__name__}: {e}"[:200])
+        send_requests(send, image, requests, deadline, tally)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -246,9 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     tally = Tally()
     ready = threading.Barrier(args.clients + 1, timeout=120)
     deadline = time.monotonic() + args.max_seconds
+    client = one_http_client if args.client == "http" else one_client
     threads = [
-        threading.Thread(target=one_http_client if args.client == "http" else one_client, args=(url, images[c], args.model, args.requests, args.timeout, deadline,
-                                                  tally, ready), daemon=True)
+        threading.Thread(target=client, args=(url, images[c], args.model, args.requests, args.timeout, deadline,
+                                              tally, ready), daemon=True)
         for c in range(args.clients)
     ]
     for thread in threads:
@@ -267,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         tally.failed("no answer within the run's time limit")
 
     what = "each its own JPEG photo" if args.distinct_photos else Path(image).name
-    print(f"{args.clients} clients x {args.requests} /classify requests ({args.model}; {what}) against {url}, {args.client} clients")
+    print(f"{args.clients} clients x {args.requests} /classify requests ({args.model}; {what}) against {url}, "
+          f"{args.client} clients")
     print(report(tally, total, seconds))
     for error in sorted(set(tally.errors))[:5]:
         print(f"  error: {error}")
