@@ -134,6 +134,9 @@ def _add_finetune_parser(sub) -> None:
     p.add_argument("--cached-views", type=int, default=d.cached_views, metavar="N",
                    help="with frozen stages, views per image in the frozen-feature cache: the image as served, then "
                         "augmented copies (default: %(default)s)")
+    p.add_argument("--cache-engine", choices=["auto", "torch", "openvino"], default=d.cache_engine,
+                   help="what computes the frozen-feature cache: auto uses OpenVINO on a CPU where it converts the "
+                        "frozen part and matches torch's fp32 features, else torch (default: %(default)s)")
     p.add_argument("--no-cache", action="store_true",
                    help="run the whole network every step even when stages are frozen")
     p.add_argument("--image-size", type=int, default=None, help="training/inference input size in px (default: the base's)")
@@ -184,7 +187,7 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         freeze=args.freeze, image_size=args.image_size, crop_pct=args.crop_pct, val_fraction=args.val_fraction,
         label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, precision=args.precision,
         time_budget_s=args.time_budget, clean_epochs=args.clean_epochs, cached_views=args.cached_views,
-        cache_features=not args.no_cache,
+        cache_features=not args.no_cache, cache_engine=args.cache_engine,
     )
     limit = {}
     if args.limit_per_class is not None:

@@ -323,22 +323,31 @@ _CONVERTED_LOCK = threading.Lock()
 
 def _converted(model: ResNet, size: int, cache_dir: Path | None, weights_key: str):
     """The model converted to OpenVINO (fp32), converted once: from memory, the disk cache, or afresh."""
+    return convert_cached(lambda: WithFeatures(copy.deepcopy(model).float().eval().to("cpu")).eval(),
+                          (model.config.in_chans, size, size), cache_dir, weights_key)[0]
+
+
+def convert_cached(module: Callable[[], nn.Module], input_shape: tuple[int, ...], cache_dir: Path | None,
+                   key: str) -> tuple[Any, str]:
+    """(a clone of ``module()`` converted to OpenVINO fp32 for inputs of (any batch, *``input_shape``), where it
+    came from: "memory", "cache" or "converted"). ``key`` names the weights; ``module`` builds the module only
+    when it must be converted."""
     import openvino as ov
 
-    key = _digest(weights_key, "converted", openvino_version())
+    key = _digest(key, "converted", openvino_version())
     with _CONVERTED_LOCK:
         if key in _CONVERTED:
-            return _CONVERTED[key].clone()
+            return _CONVERTED[key].clone(), "memory"
     folder = cache_dir / f"openvino-{key[:24]}" if cache_dir else None
     ov_model = _read_ir(folder) if folder is not None else None
+    source = "cache"
     if ov_model is None:
-        wrapped = WithFeatures(copy.deepcopy(model).float().eval().to("cpu")).eval()
-        example = torch.zeros(1, model.config.in_chans, size, size)
+        source = "converted"
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
-                ov_model = ov.convert_model(wrapped, example_input=example,
-                                            input=[(-1, model.config.in_chans, size, size)])
+                ov_model = ov.convert_model(module(), example_input=torch.zeros(1, *input_shape),
+                                            input=[(-1, *input_shape)])
         except Exception as e:  # noqa: BLE001 - any conversion failure means: fall back to torch
             raise EngineError(f"OpenVINO could not convert this model ({type(e).__name__}: {str(e)[:200]})") from None
         if folder is not None:
@@ -347,7 +356,51 @@ def _converted(model: ResNet, size: int, cache_dir: Path | None, weights_key: st
         _CONVERTED[key] = ov_model
         while len(_CONVERTED) > 2:
             _CONVERTED.pop(next(iter(_CONVERTED)))
-    return ov_model.clone()
+    return ov_model.clone(), source
+
+
+def is_converted(cache_dir: Path | None, key: str) -> bool:
+    """Whether :func:`convert_cached` has ``key`` in memory or (by its manifest) in ``cache_dir``: no conversion."""
+    key = _digest(key, "converted", openvino_version())
+    with _CONVERTED_LOCK:
+        if key in _CONVERTED:
+            return True
+    return cache_dir is not None and (cache_dir / f"openvino-{key[:24]}" / "manifest.json").is_file()
+
+
+class OpenVINOPart:
+    """Any fixed part of a model (fine-tuning's frozen stem and stages) run by OpenVINO on the CPU, fp32 or bf16:
+    ``part(x)`` is ``module(x)`` as an fp32 tensor. Converted once per ``key`` (the part's weights), then read from
+    ``cache_dir``; ``source`` says which."""
+
+    def __init__(self, module: Callable[[], nn.Module], input_shape: tuple[int, ...], precision: str, *,
+                 cache_dir: Path | None, key: str):
+        why = openvino_available()
+        if why:
+            raise EngineError(why)
+        if precision not in ("fp32", "bf16"):
+            raise EngineError(f"a frozen part runs in fp32 or bf16 on OpenVINO, not {precision}")
+        if precision == "bf16" and not cpu_has_fast_bf16():
+            raise EngineError("OpenVINO bf16 needs a CPU with AVX-512-BF16 or AMX")
+        from .openvino_runtime import core
+
+        self.precision = precision
+        ov_model, self.source = convert_cached(module, input_shape, cache_dir, key)
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        if cache_dir is not None:
+            config["CACHE_DIR"] = str(cache_dir / "openvino-blobs")
+        self.request = core().compile_model(ov_model, "CPU", config).create_infer_request()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.request.infer({0: np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())})
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+
+def default_cache_dir() -> Path:
+    """Where converted engines are cached: ``$RESNET_HUB_ENGINE_CACHE``, else the store's ``engine-cache``."""
+    from .store import store_root
+
+    return Path(os.environ.get("RESNET_HUB_ENGINE_CACHE") or store_root() / "engine-cache")
 
 
 def _read_ir(folder: Path):

@@ -16,6 +16,7 @@ FREEZE_ADVICE = ("the first three stages stay frozen by default for a pretrained
                  "project's seed notes advise it for small-sample transfer (early layers learn general features, "
                  "Yosinski et al. 2014, arXiv:1411.1792)")
 DEFAULT_CACHED_VIEWS = 2  # views per image in the frozen-feature cache: the image as served + 1 augmented copy
+CACHE_ENGINES = ("auto", "torch", "openvino")  # what computes the frozen-feature cache
 
 
 class FinetuneError(ResNetHubError, ValueError):
@@ -51,9 +52,12 @@ class FinetuneConfig:
     zero_init_residual: bool = True  # from scratch only
     cache_features: bool = True  # run the frozen stem + stages once per view and train the rest on the cache
     cached_views: int = DEFAULT_CACHED_VIEWS  # per image: the image as served, then augmented copies
+    cache_engine: str = "auto"  # what computes the cache: "auto" (OpenVINO on CPU when it runs and checks), "torch"
 
     def validate(self, num_train: int | None = None) -> None:
         problems = []
+        if self.cache_engine not in CACHE_ENGINES:
+            problems.append(f"cache engine must be one of {', '.join(CACHE_ENGINES)}, got {self.cache_engine!r}")
         if not isinstance(self.epochs, int) or self.epochs < 1:
             problems.append(f"epochs must be a whole number of at least 1, got {self.epochs}")
         if self.lr is not None and not (0 < self.lr <= 10):

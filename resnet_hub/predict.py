@@ -190,9 +190,7 @@ class Predictor:
         self._pending_lock = threading.Lock()
         self.batches_run = 0  # forward passes run by classify's micro-batching (tests and the loadtest read it)
         if cache_dir == "default":
-            from .store import store_root
-
-            cache_dir = os.environ.get("RESNET_HUB_ENGINE_CACHE") or store_root() / "engine-cache"
+            cache_dir = _engines.default_cache_dir()
         self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
         self._engine, self.engine_choice = self._build_engine(engine, precision, calibration, fold_batchnorm,
                                                               compile, extra_candidates)

@@ -444,7 +444,8 @@ def test_cached_and_uncached_loops_give_the_same_losses_and_weights_without_augm
     runs = {}
     for cache in (True, False):
         recorder = Recorder()
-        config = colour_base_config(saved_models["resnet18"], freeze=freeze, augment="none", cache_features=cache)
+        config = colour_base_config(saved_models["resnet18"], freeze=freeze, augment="none", cache_features=cache,
+                                    cache_engine="torch")
         runs[cache] = (finetune(colours, config, on_event=recorder), recorder)
     (cached, cached_events), (full, full_events) = runs[True], runs[False]
     assert "frozen-feature cache: 39 training images x 1 view" in cached_events.events[0].message
@@ -476,6 +477,76 @@ def test_with_folded_batchnorm_the_cached_loop_still_follows_the_full_loop(saved
         result = finetune(colours, config, on_event=recorder)
         losses[cache] = [e.loss for e in recorder.steps()]
     assert losses[True] == pytest.approx(losses[False], rel=1e-2)
+
+
+needs_openvino = pytest.mark.skipif(bool(__import__("resnet_hub.engines").engines.openvino_available()),
+                                   reason="OpenVINO does not run here")
+
+
+@needs_openvino
+@pytest.mark.parametrize("freeze", [3, 4], ids=["freeze-3", "freeze-4-head-only"])
+def test_the_openvino_frozen_part_computes_torchs_features_and_is_converted_once(saved_models, freeze, tmp_path,
+                                                                              monkeypatch):
+    from resnet_hub import engines
+
+    monkeypatch.setenv("RESNET_HUB_ENGINE_CACHE", str(tmp_path))
+    model = resnet_hub.load(saved_models["resnet18"], device="cpu")
+    model.freeze(freeze)
+    x = torch.randn(10, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    fp32 = finetune_module._autocast_args(torch.device("cpu"), "fp32")
+    exact = finetune_module.frozen_features(model.eval(), x, fp32)
+    notes = []
+    for _ in range(2):
+        engines._CONVERTED.clear()  # as in a new process: only the disk cache remains
+        trunk, note = finetune_module.frozen_trunk(model, x, passes=10, autocast=fp32, engine="openvino")
+        assert isinstance(trunk, engines.OpenVINOPart), note
+        assert (trunk(x) - exact).norm() / exact.norm() < 1e-4
+        notes.append(note)
+    assert notes[0].startswith("frozen part on OpenVINO fp32 (converted in") and "from fp32, relative" in notes[0]
+    assert notes[1].startswith("frozen part on OpenVINO fp32 (read from the engine cache in")
+    # auto converts only for a run long enough to pay for it, but uses a converted part whatever the run's length
+    assert isinstance(finetune_module.frozen_trunk(model, x, 10, fp32)[0], engines.OpenVINOPart)
+    other = resnet_hub.load(saved_models["resnet50"], device="cpu")
+    other.freeze(freeze)
+    assert finetune_module.frozen_trunk(other, x, 10, fp32) [1] == ""  # torch: not converted, too short a run
+    # a damaged IR is never half-read: converted afresh
+    engines._CONVERTED.clear()
+    for weights in tmp_path.glob("openvino-*/model.bin"):
+        weights.write_bytes(b"damaged")
+    trunk, note = finetune_module.frozen_trunk(model, x, 10, fp32, engine="openvino")
+    assert "(converted in" in note and (trunk(x) - exact).norm() / exact.norm() < 1e-4
+
+
+@needs_openvino
+def test_a_frozen_part_that_openvino_gets_wrong_falls_back_to_torch_and_says_so(saved_models, colours, monkeypatch):
+    from resnet_hub import engines
+
+    monkeypatch.setattr(engines.OpenVINOPart, "__call__", lambda self, x: torch.full((len(x), 256, 2, 2), 7.0))
+    recorder = Recorder()
+    result = finetune(colours, colour_base_config(saved_models["resnet18"], freeze=3, cache_engine="openvino"),
+                      on_event=recorder)
+    cached = next(e for e in recorder.events if e.kind == "cached")
+    assert "frozen part on torch: OpenVINO fp32 was" in cached.message and "from the fp32 features" in cached.message
+    assert result.model is not None and any("frozen part on torch" in n for n in result.model.info.notes)
+
+
+@needs_openvino
+def test_a_run_cached_by_openvino_trains_as_the_torch_cached_one_and_its_card_says_so(saved_models, colours):
+    losses, notes = {}, {}
+    for engine in ("torch", "openvino"):
+        recorder = Recorder()
+        result = finetune(colours, colour_base_config(saved_models["resnet18"], freeze=3, augment="none",
+                                                      cache_engine=engine), on_event=recorder)
+        losses[engine] = [e.loss for e in recorder.steps()]
+        notes[engine] = result.model.info.notes
+    assert losses["openvino"] == pytest.approx(losses["torch"], rel=1e-3)
+    assert any(n.startswith("frozen part on OpenVINO fp32") for n in notes["openvino"])
+    assert not any(n.startswith("frozen part") for n in notes["torch"])
+
+
+def test_an_unknown_cache_engine_is_refused_with_the_choices():
+    with pytest.raises(FinetuneError, match="cache engine must be one of auto, torch, openvino, got 'tensorrt'"):
+        FinetuneConfig(cache_engine="tensorrt").validate()
 
 
 def test_the_cache_holds_the_stated_number_of_views_and_its_size_is_in_the_start_message(saved_models, colours):
@@ -887,9 +958,10 @@ def test_bench_finetune_puts_each_loop_beside_the_tutorials_with_both_accuracies
                                 wall_arch=None, log=None)
     rows = report["rows"]
     assert [(r["setting"], r["loop"].split()[0]) for r in rows] == [
-        ("head only (freeze 4)", "tutorial"), ("head only (freeze 4)", "resnet-hub"),
+        ("head only (freeze 4)", "tutorial"), ("head only (freeze 4)", "resnet-hub"), ("head only (freeze 4)", "resnet-hub"),
         ("full fine-tune (freeze -1)", "tutorial"), ("full fine-tune (freeze -1)", "resnet-hub")]
-    assert "cache of 2 views" in rows[1]["loop"] and "whole network" in rows[3]["loop"]
+    assert "cache of 2 views by" in rows[1]["loop"] and "first run on this base" in rows[1]["loop"]
+    assert "again, same base" in rows[2]["loop"] and "whole network" in rows[4]["loop"]
     assert all(r["images/s"] > 0 and 0 <= r["val accuracy"] <= 1 for r in rows)
     assert rows[1]["speedup"] == pytest.approx(rows[1]["images/s"] / rows[0]["images/s"])
     assert any("AMD" in n or "Intel" in n or "device" in n for n in report["notes"])
