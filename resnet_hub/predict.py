@@ -100,11 +100,14 @@ from . import engines as _engines  # noqa: E402
 
 
 def default_calibration(model: HubResNet, n: int = CALIBRATION_IMAGES) -> Tensor:
-    """Real images for int8 calibration: MNIST digits for digit models, scikit-image photos otherwise."""
+    """Real images for int8 calibration: MNIST digits for digit models (centred, as served), scikit-image photos
+    otherwise."""
     from .examples import calibration_images
 
-    images = calibration_images(model.info.training.get("kind", "photo"), n)
-    return to_tensor_batch(images, model.preprocessing)
+    kind = model.info.training.get("kind", "photo")
+    images = calibration_images(kind, n)
+    # as the Predictor serves them (and as the check images are): a digit centred and scaled the MNIST way
+    return to_tensor_batch([center_digit(i) for i in images] if kind == "digits" else images, model.preprocessing)
 
 
 def default_check_images(model: HubResNet, n: int = CHECK_IMAGES) -> tuple[Tensor, str]:

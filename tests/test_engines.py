@@ -17,7 +17,6 @@ from resnet_hub import engines, hardware
 from resnet_hub.data import mnist_sample
 from resnet_hub.engines import EngineError, cam_from_features
 from resnet_hub.examples import calibration_images, check_images
-from resnet_hub.finetune import FinetuneConfig, finetune
 from resnet_hub.images import load_image, to_tensor_batch
 from resnet_hub.metadata import Preprocessing
 from resnet_hub.predict import Predictor, default_calibration, default_check_images
@@ -35,12 +34,9 @@ def photo_model(arch: str = "resnet18", size: int = SIZE) -> resnet_hub.HubResNe
 
 
 @pytest.fixture(scope="module")
-def digit_model(tmp_path_factory) -> resnet_hub.HubResNet:
+def digit_model(digit_base) -> resnet_hub.HubResNet:
     """A ResNet-18 trained here on real MNIST digits: weights with an accuracy to protect."""
-    config = FinetuneConfig(base="scratch:resnet18", epochs=3, image_size=32, batch_size=64, seed=0)
-    result = finetune(mnist_sample(limit_per_class=200), config)
-    folder = result.save(tmp_path_factory.mktemp("digits") / "digits")
-    return resnet_hub.load(folder)
+    return resnet_hub.load(digit_base)
 
 
 def error_and_agreement(engine, model, images):
@@ -54,7 +50,7 @@ def error_and_agreement(engine, model, images):
 
 
 @pytest.mark.parametrize("name", ["torch fp32", "torch int8", "openvino fp32", "openvino int8"])
-def test_each_engine_agrees_with_fp32_on_held_out_digits(name, digit_model):
+def test_each_engine_agrees_with_fp32_on_held_out_digits(name, digit_model, tmp_path):
     engine, precision = name.split()
     calibration = default_calibration(digit_model)
     built = engines.build(digit_model, CPU, engine, precision, calibration=calibration, cache_dir=None,
@@ -64,14 +60,19 @@ def test_each_engine_agrees_with_fp32_on_held_out_digits(name, digit_model):
     assert "not used for calibration" in what
     assert agree >= engines.MIN_AGREEMENT
     assert rel <= (1e-4 if precision == "fp32" else int8_error_bound())
+    if rel > engines.MAX_REL_ERROR:  # over the gate for this model on this CPU: the automatic choice leaves it out
+        choice = Predictor(digit_model, "cpu", cache_dir=tmp_path).engine_choice
+        candidate = next(c for c in choice.candidates if c.name == name)
+        assert not candidate.passed and f"> {engines.MAX_REL_ERROR}" in candidate.why and choice.chosen != name
 
 
 def int8_error_bound() -> float:
-    """VNNI multiplies int8 exactly; AVX2 without it goes through 16-bit sums that saturate, and OpenVINO int8
-    of the digit model then measured 0.15 on an AMD EPYC (Zen 3), whatever NNCF's overflow fix: the automatic
-    choice's gate (not this test) keeps such a path out, as it should."""
+    """How far an int8 engine may be from fp32 on the trained digit model; the automatic choice's gate (0.1) then
+    decides whether it serves. Measured on VNNI/AMX CPUs: 0.056-0.106 (torch and OpenVINO int8), moving by 0.03
+    when the fixture's training data changed by one 8-bit level of rounding. AVX2 without VNNI goes through 16-bit
+    sums that saturate: OpenVINO int8 measured 0.15 on an AMD EPYC (Zen 3), whatever NNCF's overflow fix."""
     has_vnni = {"avx512_vnni", "avx_vnni", "amx_int8"} & hardware.cpu_flags()
-    return engines.MAX_REL_ERROR if has_vnni else 0.25
+    return 0.15 if has_vnni else 0.25
 
 
 @pytest.mark.parametrize("name", ["torch fp32", "torch int8", "openvino fp32", "openvino int8"])
