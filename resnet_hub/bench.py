@@ -498,10 +498,11 @@ def run_finetune_bench(arch: str = "resnet18", *, epochs: int | None = None, ima
                 cached = next((e.elapsed_s for e in events if e.kind == "cached"), None)
                 used, _ = resolve_precision(precision, dev)
                 trunk = next((n for n in result.model.info.notes if n.startswith("frozen part on ")), "")
-                trunk = ("OpenVINO " + ("converted" if "converted" in trunk else "from the engine cache")
-                         if trunk.startswith("frozen part on OpenVINO") else "torch")
+                trunk = (" ".join(trunk.split()[3:5]) + (", from the engine cache" if "engine cache" in trunk else
+                                                          ", converted") if trunk.startswith("frozen part on OpenVINO")
+                         else f"torch {used}")
                 how = (f"cache of {DEFAULT_CACHED_VIEWS} views by {trunk}" if cached is not None
-                       else "whole network") + f", {used}"
+                       else "whole network") + f"; training {used}"
                 rows.append({"setting": what, "loop": f"resnet-hub ({how}){'; ' + run if run else ''}",
                              "epochs": epochs, "images/s": ours_speed, "seconds": ours_seconds,
                              "of which caching s": cached if cached is not None else float("nan"),

@@ -196,10 +196,15 @@ def openvino_version() -> str:
     return ov.get_version()
 
 
+@functools.cache
 def nncf_version() -> str:
-    import nncf
+    """NNCF's version from its package metadata: importing nncf takes ~0.4 s, and a cache key needs only this."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return nncf.__version__
+    try:
+        return version("nncf")
+    except PackageNotFoundError:
+        return "absent"
 
 
 class OpenVINOEngine:
@@ -369,27 +374,54 @@ def is_converted(cache_dir: Path | None, key: str) -> bool:
 
 
 class OpenVINOPart:
-    """Any fixed part of a model (fine-tuning's frozen stem and stages) run by OpenVINO on the CPU, fp32 or bf16:
-    ``part(x)`` is ``module(x)`` as an fp32 tensor. Converted once per ``key`` (the part's weights), then read from
-    ``cache_dir``; ``source`` says which."""
+    """Any fixed part of a model (fine-tuning's frozen stem and stages) run by OpenVINO on the CPU, fp32, bf16 or
+    int8 (NNCF, on the images ``calibration()`` gives; ``key`` must name them too): ``part(x)`` is ``module(x)`` as
+    an fp32 tensor. Converted (and quantized) once per ``key`` (the part's weights), then read from ``cache_dir``;
+    ``source`` says which: "converted", "quantized" (from a cached conversion), "cache" or "memory"."""
 
     def __init__(self, module: Callable[[], nn.Module], input_shape: tuple[int, ...], precision: str, *,
-                 cache_dir: Path | None, key: str):
+                 cache_dir: Path | None, key: str, calibration: Callable[[], Tensor] | None = None):
         why = openvino_available()
         if why:
             raise EngineError(why)
-        if precision not in ("fp32", "bf16"):
-            raise EngineError(f"a frozen part runs in fp32 or bf16 on OpenVINO, not {precision}")
+        if precision not in ("fp32", "bf16", "int8"):
+            raise EngineError(f"a frozen part runs in fp32, bf16 or int8 on OpenVINO, not {precision}")
         if precision == "bf16" and not cpu_has_fast_bf16():
             raise EngineError("OpenVINO bf16 needs a CPU with AVX-512-BF16 or AMX")
+        if precision == "int8" and calibration is None:
+            raise EngineError("OpenVINO int8 needs calibration images")
         from .openvino_runtime import core
 
         self.precision = precision
-        ov_model, self.source = convert_cached(module, input_shape, cache_dir, key)
+        folder = self._int8_folder(cache_dir, key) if precision == "int8" else None
+        ov_model = _read_ir(folder) if folder is not None else None
+        if ov_model is not None:
+            self.source = "cache"
+        else:
+            ov_model, self.source = convert_cached(module, input_shape, cache_dir, key)
+            if precision == "int8":
+                ov_model = OpenVINOEngine._quantize(ov_model, calibration())
+                self.source = "converted" if self.source == "converted" else "quantized"
+                if folder is not None:
+                    _write_ir(ov_model, folder)
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir / "openvino-blobs")
         self.request = core().compile_model(ov_model, "CPU", config).create_infer_request()
+
+    @staticmethod
+    def _int8_folder(cache_dir: Path | None, key: str) -> Path | None:
+        if cache_dir is None:
+            return None
+        return cache_dir / f"openvino-{_digest(key, 'int8', openvino_version(), nncf_version())[:24]}"
+
+    @classmethod
+    def is_cached(cls, cache_dir: Path | None, key: str, precision: str) -> bool:
+        """Whether building this part would neither convert nor quantize (it is in memory or ``cache_dir``)."""
+        if precision == "int8":
+            folder = cls._int8_folder(cache_dir, key)
+            return folder is not None and (folder / "manifest.json").is_file()
+        return is_converted(cache_dir, key)
 
     def __call__(self, x: Tensor) -> Tensor:
         self.request.infer({0: np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())})
@@ -660,7 +692,7 @@ def weights_key(model: nn.Module, extra: str = "") -> str:
     h = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         h.update(name.encode())
-        h.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(memoryview(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()))
     config = getattr(model, "config", None)
     h.update(repr(config).encode())
     h.update(repr(getattr(model, "preprocessing", "")).encode())

@@ -59,6 +59,8 @@ CACHE_CHUNK = {"cpu": 8, "cuda": 64}
 # 2 s (ResNet-50) once per base, frozen stages and image size; the IR is kept in the engine cache, so later runs
 # on the same base read it in ~0.1 s. A run with fewer passes than this, and no IR cached, keeps to torch.
 TRUNK_CONVERT_MIN_PASSES = 256
+TRUNK_INT8 = True  # try an int8 frozen part first (checked as any other)
+TRUNK_CALIBRATION_IMAGES = 32
 TRUNK_CHECK_IMAGES = 4  # the OpenVINO frozen part's features are checked against torch's fp32 ones on these first images
 
 
@@ -457,15 +459,17 @@ def _frozen_key(frozen: nn.Module, frozen_stages: int, input_shape: tuple[int, .
 
 
 def frozen_trunk(model: HubResNet, x: Tensor, passes: int, autocast: dict, engine: str = "auto",
-                 world_size: int = 1) -> tuple[Callable[[Tensor], Tensor], str]:
+                 world_size: int = 1, kind: str = "photo") -> tuple[Callable[[Tensor], Tensor], str]:
     """(the frozen part as a function of a batch of images, a note of what runs it).
 
     torch runs :func:`frozen_part` under the run's autocast. On a CPU, ``engine`` "auto" or "openvino" runs it on
-    OpenVINO in the same precision (bf16 where the run autocasts to bf16, else fp32), converted once per frozen
-    part and kept in the engine cache, when: the IR is cached or the run has ``TRUNK_CONVERT_MIN_PASSES`` passes
-    (``engine="openvino"``: always), one process runs (torchrun's processes share the cores), and its features on
-    the first images match torch's fp32 ones within the engines' tolerance (relative error <= ``MAX_REL_ERROR``).
-    Anything else falls back to torch and the note says why.
+    OpenVINO instead: int8 (NNCF, calibrated on the bundled real images of the data's ``kind``) where
+    ``TRUNK_INT8``, else or failing that the run's own precision (bf16 where it autocasts to bf16, else fp32).
+    Each is converted (and quantized) once per frozen part and kept in the engine cache, and is used when: its IR
+    is cached or the run has ``TRUNK_CONVERT_MIN_PASSES`` passes (``engine="openvino"``: always), one process runs
+    (torchrun's processes share the cores), and its features on the first images are within the engines'
+    tolerance of torch's fp32 ones (relative error <= ``MAX_REL_ERROR``). Anything else falls back to torch and
+    the note says why.
     """
     from . import engines
 
@@ -480,25 +484,43 @@ def frozen_trunk(model: HubResNet, x: Tensor, passes: int, autocast: dict, engin
     if why:
         return torch_fn, f"frozen part on torch: {why}" if engine == "openvino" else ""
     cache_dir = engines.default_cache_dir()
-    key = _frozen_key(frozen, model.frozen_stages, tuple(x.shape[1:]))
-    if engine == "auto" and passes < TRUNK_CONVERT_MIN_PASSES and not engines.is_converted(cache_dir, key):
-        return torch_fn, ""
-    start = time.perf_counter()
-    try:
-        part = engines.OpenVINOPart(lambda: _FrozenForward(frozen).eval(), tuple(x.shape[1:]), precision,
-                                    cache_dir=cache_dir, key=key)
-        probe = x[:TRUNK_CHECK_IMAGES]
-        got = part(probe)
-    except engines.EngineError as e:
-        return torch_fn, f"frozen part on torch: {e}"
-    reference = frozen_features(frozen, probe, {"device_type": "cpu", "enabled": False})
-    rel = ((got - reference).norm() / reference.norm().clamp_min(1e-12)).item() if torch.isfinite(got).all() else math.inf
-    if rel > engines.MAX_REL_ERROR:
-        return torch_fn, (f"frozen part on torch: OpenVINO {precision} was {rel:.3f} from the fp32 features "
-                          f"(more than {engines.MAX_REL_ERROR})")
-    how = {"converted": "converted", "cache": "read from the engine cache", "memory": "already loaded"}[part.source]
-    return part, (f"frozen part on OpenVINO {precision} ({how} in {time.perf_counter() - start:.1f} s; features "
-                  f"{rel:.4f} from fp32, relative)")
+    shape = tuple(x.shape[1:])
+    key = _frozen_key(frozen, model.frozen_stages, shape)
+    probe, reference, failed = x[:TRUNK_CHECK_IMAGES], None, []
+    for candidate in (("int8",) if TRUNK_INT8 else ()) + (precision,):
+        candidate_key = key + (f" calibrated on {TRUNK_CALIBRATION_IMAGES} {kind} images" if candidate == "int8" else "")
+        if (engine == "auto" and passes < TRUNK_CONVERT_MIN_PASSES
+                and not engines.OpenVINOPart.is_cached(cache_dir, candidate_key, candidate)):
+            continue
+        start = time.perf_counter()
+        try:
+            part = engines.OpenVINOPart(lambda: _FrozenForward(frozen).eval(), shape, candidate, cache_dir=cache_dir,
+                                        key=candidate_key, calibration=lambda: _trunk_calibration(model, kind))
+            got = part(probe)
+        except engines.EngineError as e:
+            failed.append(f"OpenVINO {candidate}: {e}")
+            continue
+        if reference is None:
+            reference = frozen_features(frozen, probe, {"device_type": "cpu", "enabled": False})
+        finite = bool(torch.isfinite(got).all())
+        rel = ((got - reference).norm() / reference.norm().clamp_min(1e-12)).item() if finite else math.inf
+        if rel > engines.MAX_REL_ERROR:
+            failed.append(f"OpenVINO {candidate} was {rel:.3f} from the fp32 features (more than "
+                          f"{engines.MAX_REL_ERROR})")
+            continue
+        how = {"converted": "converted", "quantized": "quantized", "cache": "read from the engine cache",
+               "memory": "already loaded"}[part.source]
+        return part, (f"frozen part on OpenVINO {candidate} ({how} in {time.perf_counter() - start:.1f} s; features "
+                      f"{rel:.4f} from fp32, relative)" + "".join(f"; {f}" for f in failed))
+    return torch_fn, ("frozen part on torch: " + "; ".join(failed)) if failed else ""
+
+
+def _trunk_calibration(model: HubResNet, kind: str) -> Tensor:
+    """Real images of the data's kind (MNIST digits, or scikit-image photos), as the run preprocesses them."""
+    from .examples import calibration_images
+
+    return to_tensor_batch(calibration_images("digits" if kind == "digits" else "photo", TRUNK_CALIBRATION_IMAGES),
+                           model.preprocessing)
 
 
 def cache_features(trunk: Callable[[Tensor], Tensor], x: Tensor, plan: CachePlan, augment: str,
@@ -602,7 +624,7 @@ def finetune(
     if plan.cached:
         x_all = torch.cat([x_train, x_val])
         trunk, trunk_note = frozen_trunk(model, x_all, len(train_idx) * plan.views + len(val_idx), autocast,
-                                         config.cache_engine, world.size)
+                                         config.cache_engine, world.size, dataset.kind)
         cached = cache_features(trunk, x_all, plan, augment, generator, should_stop, n_train=len(train_idx))
         del trunk, x_all
         if isinstance(cached, str):

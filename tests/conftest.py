@@ -95,6 +95,17 @@ def saved_models(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(scope="session")
+def digit_base(tmp_path_factory) -> Path:
+    """A ResNet-18 trained here on real MNIST digits (3 epochs, 32 px), saved: weights with an accuracy to protect."""
+    from resnet_hub.data import mnist_sample
+    from resnet_hub.finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig(base="scratch:resnet18", epochs=3, image_size=32, batch_size=64, seed=0)
+    result = finetune(mnist_sample(limit_per_class=200), config)
+    return result.save(tmp_path_factory.mktemp("digits") / "digits")
+
+
 @pytest.fixture
 def copy_of(tmp_path):
     def copy(folder: Path) -> Path:

@@ -490,6 +490,7 @@ def test_the_openvino_frozen_part_computes_torchs_features_and_is_converted_once
     from resnet_hub import engines
 
     monkeypatch.setenv("RESNET_HUB_ENGINE_CACHE", str(tmp_path))
+    monkeypatch.setattr(finetune_module, "TRUNK_INT8", False)
     model = resnet_hub.load(saved_models["resnet18"], device="cpu")
     model.freeze(freeze)
     x = torch.randn(10, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -526,12 +527,15 @@ def test_a_frozen_part_that_openvino_gets_wrong_falls_back_to_torch_and_says_so(
     result = finetune(colours, colour_base_config(saved_models["resnet18"], freeze=3, cache_engine="openvino"),
                       on_event=recorder)
     cached = next(e for e in recorder.events if e.kind == "cached")
-    assert "frozen part on torch: OpenVINO fp32 was" in cached.message and "from the fp32 features" in cached.message
+    assert "frozen part on torch: OpenVINO int8 was" in cached.message and "; OpenVINO fp32 was" in cached.message
+    assert "from the fp32 features (more than 0.1)" in cached.message
     assert result.model is not None and any("frozen part on torch" in n for n in result.model.info.notes)
 
 
 @needs_openvino
-def test_a_run_cached_by_openvino_trains_as_the_torch_cached_one_and_its_card_says_so(saved_models, colours):
+def test_a_run_cached_by_openvino_trains_as_the_torch_cached_one_and_its_card_says_so(saved_models, colours,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(finetune_module, "TRUNK_INT8", False)
     losses, notes = {}, {}
     for engine in ("torch", "openvino"):
         recorder = Recorder()
@@ -542,6 +546,32 @@ def test_a_run_cached_by_openvino_trains_as_the_torch_cached_one_and_its_card_sa
     assert losses["openvino"] == pytest.approx(losses["torch"], rel=1e-3)
     assert any(n.startswith("frozen part on OpenVINO fp32") for n in notes["openvino"])
     assert not any(n.startswith("frozen part") for n in notes["torch"])
+
+
+@needs_openvino
+def test_an_int8_frozen_part_is_quantized_once_and_its_cache_keeps_the_fp32_caches_accuracy(digit_base, tmp_path,
+                                                                                            monkeypatch):
+    """The issue's check of a reduced-precision cache: same split and seed, final validation accuracy within 1 point
+    of the fp32 cache's, on the MNIST sample (fine-tuning a digit model trained here, its first three stages
+    frozen)."""
+    monkeypatch.setenv("RESNET_HUB_ENGINE_CACHE", str(tmp_path))
+    digits = mnist_sample(limit_per_class=200)  # 1,600 to train, 400 to validate: a point is 4 images
+    runs = {}
+    for engine in ("torch", "openvino", "openvino"):
+        config = FinetuneConfig(base=str(digit_base), freeze=3, epochs=2, lr=0.05, device="cpu", precision="fp32",
+                                seed=0, cache_engine=engine)
+        result = finetune(digits, config)
+        note = next((n for n in result.model.info.notes if n.startswith("frozen part")), "")
+        runs.setdefault(engine, []).append((result.val_accuracy, note))
+    (fp32_accuracy, torch_note), = runs["torch"]
+    (first_accuracy, first_note), (second_accuracy, second_note) = runs["openvino"]
+    assert torch_note == ""
+    assert first_note.startswith("frozen part on OpenVINO int8 (quantized in") or first_note.startswith(
+        "frozen part on OpenVINO int8 (converted in"), first_note
+    assert second_note.startswith("frozen part on OpenVINO int8 (read from the engine cache in"), second_note
+    assert abs(first_accuracy - fp32_accuracy) <= 0.01 + 1e-6, (first_accuracy, fp32_accuracy, first_note)
+    assert second_accuracy == first_accuracy
+    assert fp32_accuracy > 0.9  # a digit model's features: the comparison is between two working classifiers
 
 
 def test_an_unknown_cache_engine_is_refused_with_the_choices():
