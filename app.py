@@ -63,7 +63,7 @@ CLASSIFY_CONCURRENCY = 16  # concurrent classify requests share forward passes (
 HEATMAP_MIN_SIDE = 224  # px, as shown
 
 registry = ModelRegistry()
-jobs = FinetuneJobs(registry)
+jobs = FinetuneJobs(registry, prepare_frozen_parts=True)
 registry.start_building_starters()  # offline: train the starters now, so the first click rarely waits
 
 

@@ -375,12 +375,14 @@ def is_converted(cache_dir: Path | None, key: str) -> bool:
 
 class OpenVINOPart:
     """Any fixed part of a model (fine-tuning's frozen stem and stages) run by OpenVINO on the CPU, fp32, bf16 or
-    int8 (NNCF, on the images ``calibration()`` gives; ``key`` must name them too): ``part(x)`` is ``module(x)`` as
-    an fp32 tensor. Converted (and quantized) once per ``key`` (the part's weights), then read from ``cache_dir``;
-    ``source`` says which: "converted", "quantized" (from a cached conversion), "cache" or "memory"."""
+    int8 (NNCF, on the images ``calibration()`` gives, which ``calibration_name`` names): ``part(x)`` is
+    ``module(x)`` as an fp32 tensor. Converted once per ``key`` (the part's weights) and quantized once per key and
+    calibration, then read from ``cache_dir``; ``source`` says which: "converted", "quantized" (from a cached
+    conversion), "cache" or "memory"."""
 
     def __init__(self, module: Callable[[], nn.Module], input_shape: tuple[int, ...], precision: str, *,
-                 cache_dir: Path | None, key: str, calibration: Callable[[], Tensor] | None = None):
+                 cache_dir: Path | None, key: str, calibration: Callable[[], Tensor] | None = None,
+                 calibration_name: str = ""):
         why = openvino_available()
         if why:
             raise EngineError(why)
@@ -393,7 +395,7 @@ class OpenVINOPart:
         from .openvino_runtime import core
 
         self.precision = precision
-        folder = self._int8_folder(cache_dir, key) if precision == "int8" else None
+        folder = self._int8_folder(cache_dir, key, calibration_name) if precision == "int8" else None
         ov_model = _read_ir(folder) if folder is not None else None
         if ov_model is not None:
             self.source = "cache"
@@ -410,16 +412,16 @@ class OpenVINOPart:
         self.request = core().compile_model(ov_model, "CPU", config).create_infer_request()
 
     @staticmethod
-    def _int8_folder(cache_dir: Path | None, key: str) -> Path | None:
+    def _int8_folder(cache_dir: Path | None, key: str, calibration_name: str) -> Path | None:
         if cache_dir is None:
             return None
-        return cache_dir / f"openvino-{_digest(key, 'int8', openvino_version(), nncf_version())[:24]}"
+        return cache_dir / f"openvino-{_digest(key, 'int8', calibration_name, openvino_version(), nncf_version())[:24]}"
 
     @classmethod
-    def is_cached(cls, cache_dir: Path | None, key: str, precision: str) -> bool:
+    def is_cached(cls, cache_dir: Path | None, key: str, precision: str, calibration_name: str = "") -> bool:
         """Whether building this part would neither convert nor quantize (it is in memory or ``cache_dir``)."""
         if precision == "int8":
-            folder = cls._int8_folder(cache_dir, key)
+            folder = cls._int8_folder(cache_dir, key, calibration_name)
             return folder is not None and (folder / "manifest.json").is_file()
         return is_converted(cache_dir, key)
 

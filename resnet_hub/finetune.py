@@ -54,11 +54,13 @@ MAX_CACHE_BYTES = 2 * 2**30  # cached frozen features, at most (on a GPU also at
 # ResNet-18 through layer3 at 224 px 254 img/s in bf16 vs 167 at 64, 127 vs 95 in fp32; ResNet-50 91 vs 55 (bf16).
 # A GPU wants large batches.
 CACHE_CHUNK = {"cpu": 8, "cuda": 64}
-# On CPU the cache's frozen part runs on OpenVINO where it converts and checks: ResNet-18's stem..layer4 at 224 px,
-# bf16, 485 img/s against torch's 252 on 2 Sapphire Rapids cores (AMX). Converting costs about 1 s (ResNet-18) to
-# 2 s (ResNet-50) once per base, frozen stages and image size; the IR is kept in the engine cache, so later runs
-# on the same base read it in ~0.1 s. A run with fewer passes than this, and no IR cached, keeps to torch.
-TRUNK_CONVERT_MIN_PASSES = 256
+# On CPU the cache's frozen part runs on OpenVINO where it converts and checks. ResNet-18's stem..layer4 at 224 px on
+# 2 Sapphire Rapids cores (AMX): int8 ~950 img/s, bf16 485, torch bf16 252. Converting and quantizing costs ~4 s
+# (ResNet-18) once per base, frozen stages and image size; the IR is kept in the engine cache, and a later run on the
+# same base reads it in ~0.2 s. With nothing cached, a run converts only when that pays within it: ~3 ms saved a pass
+# against ~4 s (Zen 5: 2.9 ms against 6.6 s), so from about 2,000 passes; a shorter run keeps to torch, and the app
+# then prepares the part for the next run (:func:`prepare_frozen_part`).
+TRUNK_CONVERT_MIN_PASSES = 2000
 TRUNK_INT8 = True  # try an int8 frozen part first (checked as any other)
 TRUNK_CALIBRATION_IMAGES = 32
 TRUNK_CHECK_IMAGES = 4  # the OpenVINO frozen part's features are checked against torch's fp32 ones on these first images
@@ -488,14 +490,14 @@ def frozen_trunk(model: HubResNet, x: Tensor, passes: int, autocast: dict, engin
     key = _frozen_key(frozen, model.frozen_stages, shape)
     probe, reference, failed = x[:TRUNK_CHECK_IMAGES], None, []
     for candidate in (("int8",) if TRUNK_INT8 else ()) + (precision,):
-        candidate_key = key + (f" calibrated on {TRUNK_CALIBRATION_IMAGES} {kind} images" if candidate == "int8" else "")
         if (engine == "auto" and passes < TRUNK_CONVERT_MIN_PASSES
-                and not engines.OpenVINOPart.is_cached(cache_dir, candidate_key, candidate)):
+                and not engines.OpenVINOPart.is_cached(cache_dir, key, candidate, _calibration_name(kind))):
             continue
         start = time.perf_counter()
         try:
             part = engines.OpenVINOPart(lambda: _FrozenForward(frozen).eval(), shape, candidate, cache_dir=cache_dir,
-                                        key=candidate_key, calibration=lambda: _trunk_calibration(model, kind))
+                                        key=key, calibration=lambda: _trunk_calibration(model, kind),
+                                        calibration_name=_calibration_name(kind))
             got = part(probe)
         except engines.EngineError as e:
             failed.append(f"OpenVINO {candidate}: {e}")
@@ -513,6 +515,30 @@ def frozen_trunk(model: HubResNet, x: Tensor, passes: int, autocast: dict, engin
         return part, (f"frozen part on OpenVINO {candidate} ({how} in {time.perf_counter() - start:.1f} s; features "
                       f"{rel:.4f} from fp32, relative)" + "".join(f"; {f}" for f in failed))
     return torch_fn, ("frozen part on torch: " + "; ".join(failed)) if failed else ""
+
+
+def prepare_frozen_part(model: HubResNet, kind: str, precision: str = "auto") -> str:
+    """Convert (and quantize) ``model``'s frozen part into the engine cache unless it is there, so that the next
+    run on the same base, frozen stages and image size reads it instead of running torch: what the app does after
+    a run too short to pay for it. ``model``: a fine-tuned model (its frozen part is its base's); ``precision``:
+    the run's setting. Returns the note of :func:`frozen_trunk`, checked on the calibration images; "" when there
+    is nothing to do."""
+    from . import engines
+
+    autocast = _autocast_args(torch.device("cpu"), resolve_precision(precision, torch.device("cpu"))[0])
+    if model.frozen_stages < 0 or engines.openvino_available() or next(model.parameters()).device.type != "cpu":
+        return ""
+    images = _trunk_calibration(model, kind)
+    key = _frozen_key(frozen_part(model), model.frozen_stages, tuple(images.shape[1:]))
+    first = "int8" if TRUNK_INT8 else "fp32"  # fp32 and bf16 read the same converted IR
+    if engines.OpenVINOPart.is_cached(engines.default_cache_dir(), key, first, _calibration_name(kind)):
+        return ""
+    return frozen_trunk(model, images, TRUNK_CONVERT_MIN_PASSES, autocast, "auto", 1, kind)[1]
+
+
+def _calibration_name(kind: str) -> str:
+    """What an int8 part is calibrated on (:func:`_trunk_calibration`), for its cache key."""
+    return f"{TRUNK_CALIBRATION_IMAGES} bundled {'digits' if kind == 'digits' else 'photos'}"
 
 
 def _trunk_calibration(model: HubResNet, kind: str) -> Tensor:

@@ -30,7 +30,7 @@ from PIL import Image
 
 from .data import ImageDataset, mnist_sample, read_zip, stratified_split
 from .errors import ResNetHubError, SourceError, WeightsNotFoundError
-from .finetune import Event, FinetuneConfig, FinetuneResult, finetune
+from .finetune import Event, FinetuneConfig, FinetuneResult, finetune, prepare_frozen_part
 from .images import load_image, looks_like_photo
 from .results import ValidationResults, mistake_thumbnails
 from .predict import Comparison, Prediction, Predictor, compare
@@ -534,9 +534,13 @@ class FinetuneJobs:
     """Fine-tunes take turns on one training slot (shared with the lab's live runs); a queued run
     starts by itself when its turn comes, and its events stream to whoever started it."""
 
-    def __init__(self, registry: ModelRegistry, slot: TrainingSlot = TRAINING):
+    def __init__(self, registry: ModelRegistry, slot: TrainingSlot = TRAINING, *, prepare_frozen_parts: bool = False):
         self.registry = registry
         self.slot = slot
+        # After a run whose frozen part ran on torch for want of a converted one, convert it in the background, in
+        # its own turn on the slot, so the next run on that base reads it (the app: many visitors, few bases).
+        self.prepare_frozen_parts = prepare_frozen_parts
+        self.preparing: threading.Thread | None = None
         self._lock = threading.Lock()
         self.active: Job | None = None  # the latest job started
         self._jobs: dict[str, Job] = {}  # waiting or training
@@ -611,6 +615,7 @@ class FinetuneJobs:
                 job.result.model.info.training["name"] = job.folder.name
                 job.result.save(job.folder, overwrite=False)
                 self._keep_review(job)
+                self._prepare_frozen_part(job)
         except ResNetHubError as e:
             job.error = str(e)
         except Exception as e:  # noqa: BLE001 - the UI must hear about any failure, and the app keeps serving
@@ -621,6 +626,25 @@ class FinetuneJobs:
             self._forget(job)
             job.done.set()
             job.events.put(None)
+
+    def _prepare_frozen_part(self, job: Job) -> None:
+        model = job.result.model
+        if not (self.prepare_frozen_parts and job.config.cache_features and job.config.cache_engine == "auto"
+                and model.frozen_stages >= 0 and not any(n.startswith("frozen part on OpenVINO") for n in model.info.notes)):
+            return
+
+        def prepare() -> None:
+            try:
+                with self.slot.turn(f"preparing the frozen part of {job.folder.name}'s base for the next run") as mine:
+                    if mine:
+                        lower_this_threads_priority()
+                        note = prepare_frozen_part(model, job.dataset.kind, job.config.precision)
+                        logger.info("after %s: %s", job.folder.name, note or "its frozen part was already prepared")
+            except Exception:  # noqa: BLE001 - a failed preparation costs the next run speed, never the app
+                logger.exception("preparing the frozen part after %s failed", job.folder.name)
+
+        self.preparing = threading.Thread(target=prepare, name="resnet-hub-prepare", daemon=True)
+        self.preparing.start()
 
     def stream(self, job: Job, interval_s: float = 0.5) -> Iterator[list[Event]]:
         """Batches of new events, at most every ``interval_s``, until the job ends."""

@@ -363,6 +363,35 @@ def test_a_second_finetune_waits_in_line_shows_its_place_and_then_runs_by_itself
     assert not slot.busy
 
 
+@pytest.mark.skipif(bool(__import__("resnet_hub.engines").engines.openvino_available()),
+                    reason="OpenVINO does not run here")
+def test_after_a_run_too_short_to_convert_its_frozen_part_the_next_run_on_the_base_reads_it(home, stored, tmp_path,
+                                                                                          monkeypatch):
+    from resnet_hub import engines
+
+    from .test_app import colour_zip
+
+    monkeypatch.setenv("RESNET_HUB_ENGINE_CACHE", str(tmp_path / "engine-cache"))  # nothing converted yet
+    monkeypatch.setattr(engines, "_CONVERTED", {})
+    data = colour_zip(tmp_path / "colours.zip", per_class=6)
+    slot = TrainingSlot()
+    jobs = FinetuneJobs(ModelRegistry(check_hub=False), slot, prepare_frozen_parts=True)
+    config = lambda: FinetuneConfig(base="run-one", freeze=3, epochs=1, image_size=32, batch_size=8)  # noqa: E731
+    first = jobs.start(data, config(), "first")
+    assert first.done.wait(240) and first.error is None, first.error
+    assert not any(n.startswith("frozen part") for n in first.result.model.info.notes)  # 12 images: torch ran it
+    jobs.preparing.join(240)  # its own turn on the slot, after the run
+    assert not jobs.preparing.is_alive() and not slot.busy
+    assert list((tmp_path / "engine-cache").glob("openvino-*/manifest.json"))
+    second = jobs.start(data, config(), "second")
+    assert second.done.wait(240) and second.error is None, second.error
+    note = next(n for n in second.result.model.info.notes if n.startswith("frozen part"))
+    assert note.startswith("frozen part on OpenVINO") and ("(already loaded in" in note  # this process converted it
+                                                           or "(read from the engine cache in" in note), note
+    jobs.preparing.join(60)  # nothing left to prepare: returns at once
+    assert not slot.busy
+
+
 def test_a_finetune_stopped_in_line_leaves_it_and_trains_nothing(home, tmp_path):
     from .test_app import colour_zip
 
