@@ -420,6 +420,11 @@ def test_finetune_draws_its_curves_saves_without_overwriting_and_lists_the_model
     # A second run with no name gets a name of its own.
     second = train_in_the_browser(page, artifacts, data, epochs=2)
     assert "Saved as colours-resnet18-2" in second
+    # ...and its frozen part, prepared after the first run on this base (if not before), is read, not recomputed
+    # on torch: the run says what computed its cache.
+    if not __import__("resnet_hub.engines").engines.openvino_available():
+        assert re.search(r"frozen part on OpenVINO (int8|bf16|fp32) \((read from the engine cache|already loaded) in",
+                         second), second
     stored = {p.name for p in (running_app.home / "models").iterdir()}
     assert {"colours-resnet18", "colours-resnet18-2"} <= stored
 
