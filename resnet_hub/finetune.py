@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import threading
@@ -57,10 +58,13 @@ CACHE_CHUNK = {"cpu": 8, "cuda": 64}
 # On CPU the cache's frozen part runs on OpenVINO where it converts and checks. ResNet-18's stem..layer4 at 224 px on
 # 2 Sapphire Rapids cores (AMX): int8 ~950 img/s, bf16 485, torch bf16 252. Converting and quantizing costs ~4 s
 # (ResNet-18) once per base, frozen stages and image size; the IR is kept in the engine cache, and a later run on the
-# same base reads it in ~0.2 s. With nothing cached, a run converts only when that pays within it: ~3 ms saved a pass
-# against ~4 s (Zen 5: 2.9 ms against 6.6 s), so from about 2,000 passes; a shorter run keeps to torch, and the app
-# then prepares the part for the next run (:func:`prepare_frozen_part`).
-TRUNK_CONVERT_MIN_PASSES = 2000
+# same base reads it in ~0.2 s. With nothing cached, a run converts only when that pays within it: torch's time for
+# the run (timed on its first images) saved at the least speed-up measured (int8 over torch bf16 on a Zen 5: 2.2x),
+# against what converting a part of this size last took on this machine (none yet: the default). A shorter run keeps
+# to torch, and the app then prepares the part for the next run (:func:`prepare_frozen_part`).
+TRUNK_SPEEDUP_FLOOR = 2.0
+TRUNK_CONVERT_DEFAULT_S = 5.0
+TRUNK_CONVERSIONS = "frozen-part-conversions.json"  # in the engine cache: seconds each kind of part took to convert
 TRUNK_INT8 = True  # try an int8 frozen part first (checked as any other)
 TRUNK_CALIBRATION_IMAGES = 32
 TRUNK_CHECK_IMAGES = 4  # the OpenVINO frozen part's features are checked against torch's fp32 ones on these first images
@@ -468,10 +472,10 @@ def frozen_trunk(model: HubResNet, x: Tensor, passes: int, autocast: dict, engin
     OpenVINO instead: int8 (NNCF, calibrated on the bundled real images of the data's ``kind``) where
     ``TRUNK_INT8``, else or failing that the run's own precision (bf16 where it autocasts to bf16, else fp32).
     Each is converted (and quantized) once per frozen part and kept in the engine cache, and is used when: its IR
-    is cached or the run has ``TRUNK_CONVERT_MIN_PASSES`` passes (``engine="openvino"``: always), one process runs
-    (torchrun's processes share the cores), and its features on the first images are within the engines'
-    tolerance of torch's fp32 ones (relative error <= ``MAX_REL_ERROR``). Anything else falls back to torch and
-    the note says why.
+    is cached or converting it pays within this run's ``passes`` (:func:`_conversion_pays`; ``engine="openvino"``:
+    always), one process runs (torchrun's processes share the cores), and its features on the first images are
+    within the engines' tolerance of torch's fp32 ones (relative error <= ``MAX_REL_ERROR``). Anything else falls
+    back to torch and the note says why.
     """
     from . import engines
 
@@ -489,10 +493,15 @@ def frozen_trunk(model: HubResNet, x: Tensor, passes: int, autocast: dict, engin
     shape = tuple(x.shape[1:])
     key = _frozen_key(frozen, model.frozen_stages, shape)
     probe, reference, failed = x[:TRUNK_CHECK_IMAGES], None, []
+    size = f"{sum(p.numel() for _, m in frozen.stage_modules()[: model.frozen_stages + 1] for p in m.parameters())} " \
+           f"parameters at {'x'.join(map(str, shape))}"  # what a conversion's time depends on
+    pays = None
     for candidate in (("int8",) if TRUNK_INT8 else ()) + (precision,):
-        if (engine == "auto" and passes < TRUNK_CONVERT_MIN_PASSES
-                and not engines.OpenVINOPart.is_cached(cache_dir, key, candidate, _calibration_name(kind))):
-            continue
+        if engine == "auto" and not engines.OpenVINOPart.is_cached(cache_dir, key, candidate, _calibration_name(kind)):
+            if pays is None:
+                pays = _conversion_pays(torch_fn, probe, passes, cache_dir / TRUNK_CONVERSIONS, size)
+            if not pays:
+                continue
         start = time.perf_counter()
         try:
             part = engines.OpenVINOPart(lambda: _FrozenForward(frozen).eval(), shape, candidate, cache_dir=cache_dir,
@@ -512,6 +521,8 @@ def frozen_trunk(model: HubResNet, x: Tensor, passes: int, autocast: dict, engin
             continue
         how = {"converted": "converted", "quantized": "quantized", "cache": "read from the engine cache",
                "memory": "already loaded"}[part.source]
+        if part.source in ("converted", "quantized"):
+            _record_conversion(cache_dir / TRUNK_CONVERSIONS, size, time.perf_counter() - start)
         return part, (f"frozen part on OpenVINO {candidate} ({how} in {time.perf_counter() - start:.1f} s; features "
                       f"{rel:.4f} from fp32, relative)" + "".join(f"; {f}" for f in failed))
     return torch_fn, ("frozen part on torch: " + "; ".join(failed)) if failed else ""
@@ -533,7 +544,39 @@ def prepare_frozen_part(model: HubResNet, kind: str, precision: str = "auto") ->
     first = "int8" if TRUNK_INT8 else "fp32"  # fp32 and bf16 read the same converted IR
     if engines.OpenVINOPart.is_cached(engines.default_cache_dir(), key, first, _calibration_name(kind)):
         return ""
-    return frozen_trunk(model, images, TRUNK_CONVERT_MIN_PASSES, autocast, "auto", 1, kind)[1]
+    return frozen_trunk(model, images, len(images), autocast, "openvino", 1, kind)[1]
+
+
+def _conversion_pays(torch_fn: Callable[[Tensor], Tensor], probe: Tensor, passes: int, record: Path, size: str) -> bool:
+    """Whether converting the frozen part pays within a run of ``passes``: torch's time per pass, timed on ``probe``
+    (after one warm-up pass), saved at ``TRUNK_SPEEDUP_FLOOR``, against the seconds converting a part of this
+    ``size`` last took on this machine (``record``), or ``TRUNK_CONVERT_DEFAULT_S``."""
+    torch_fn(probe)
+    start = time.perf_counter()
+    torch_fn(probe)
+    per_pass = (time.perf_counter() - start) / len(probe)
+    try:
+        cost = float(json.loads(record.read_text()).get(size, TRUNK_CONVERT_DEFAULT_S))
+    except (OSError, ValueError, AttributeError, TypeError):
+        cost = TRUNK_CONVERT_DEFAULT_S
+    return passes * per_pass * (1 - 1 / TRUNK_SPEEDUP_FLOOR) > cost
+
+
+def _record_conversion(record: Path, size: str, seconds: float) -> None:
+    """Remember how long converting a part of this ``size`` took here (written to a temporary name, then renamed)."""
+    try:
+        seen = json.loads(record.read_text()) if record.is_file() else {}
+        seen = seen if isinstance(seen, dict) else {}
+    except (OSError, ValueError):
+        seen = {}
+    seen[size] = round(seconds, 2)
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        staging = record.with_name(f".{record.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        staging.write_text(json.dumps(seen, indent=1))
+        os.replace(staging, record)
+    except OSError:
+        pass  # a read-only cache: the next run estimates from the default again
 
 
 def _calibration_name(kind: str) -> str:

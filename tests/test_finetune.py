@@ -509,7 +509,12 @@ def test_the_openvino_frozen_part_computes_torchs_features_and_is_converted_once
     assert isinstance(finetune_module.frozen_trunk(model, x, 10, fp32)[0], engines.OpenVINOPart)
     other = resnet_hub.load(saved_models["resnet50"], device="cpu")
     other.freeze(freeze)
-    assert finetune_module.frozen_trunk(other, x, 10, fp32) [1] == ""  # torch: not converted, too short a run
+    assert finetune_module.frozen_trunk(other, x, 10, fp32)[1] == ""  # torch: not converted, too short a run
+    # a run long enough to pay for converting converts by itself, and the time it took is kept for the next choice
+    trunk, note = finetune_module.frozen_trunk(other, x, 10**7, fp32)
+    assert isinstance(trunk, engines.OpenVINOPart) and "(converted in" in note, note
+    record = json.loads((tmp_path / finetune_module.TRUNK_CONVERSIONS).read_text())
+    assert any(size.endswith("parameters at 3x64x64") and seconds > 0 for size, seconds in record.items()), record
     # a damaged IR is never half-read: converted afresh
     engines._CONVERTED.clear()
     for weights in tmp_path.glob("openvino-*/model.bin"):
