@@ -269,6 +269,12 @@ class OpenVINOEngine:
         self._stream_requests = ([self.throughput_model.create_infer_request() for _ in range(self.streams)]
                                  if self.streams > 1 else [])
         self._requests = threading.local()
+        # Large batches that want only logits (Compare's throughput, the bench) run a copy of the graph without the
+        # feature-map output, compiled when first asked for: there the pooled map is fused, not written out (+5%
+        # images/s for ResNet-50 int8 at batch 32 on 2 Sapphire Rapids cores, level with OpenVINO used directly).
+        self._logits_graph = (ov_model, config) if self._stream_requests else None
+        self._logits_requests: list | None = None
+        self._logits_lock = threading.Lock()
 
     @staticmethod
     def _quantize(ov_model, calibration: Tensor):
@@ -294,7 +300,7 @@ class OpenVINOEngine:
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         outputs = 2 if features else 1
         if self._stream_requests and len(array) >= 4 * self.streams:
-            return self._split(array, outputs)
+            return self._split(array, outputs, self._stream_requests if features else self._logits_only())
         request = getattr(self._requests, "request", None)
         if request is None:
             request = self._requests.request = self.compiled_model.create_infer_request()
@@ -302,14 +308,29 @@ class OpenVINOEngine:
         out = [torch.from_numpy(request.get_output_tensor(k).data.copy()) for k in range(outputs)]
         return out[0], out[1] if features else None
 
-    def _split(self, array: np.ndarray, outputs: int) -> tuple[Tensor, Tensor | None]:
+    def _logits_only(self) -> list:
+        """The stream requests of the graph without its feature-map output (compiled once, on first use)."""
+        with self._logits_lock:
+            if self._logits_requests is None:
+                import openvino as ov
+
+                from .openvino_runtime import core
+
+                ov_model, config = self._logits_graph
+                graph = ov.Model([ov_model.get_results()[0].input_value(0)], ov_model.get_parameters(), "logits")
+                compiled = core().compile_model(graph, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
+                self._logits_requests = [compiled.create_infer_request() for _ in range(self.streams)]
+                self._logits_graph = None  # the compiled copy is all that is needed now
+            return self._logits_requests
+
+    def _split(self, array: np.ndarray, outputs: int, requests: list) -> tuple[Tensor, Tensor | None]:
         """The batch in one part per stream, run at once; the caller (the Predictor) runs one pass at a time."""
-        parts = np.array_split(array, self.streams)
-        for request, part in zip(self._stream_requests, parts):
+        parts = np.array_split(array, len(requests))
+        for request, part in zip(requests, parts):
             request.start_async({0: part})
-        for request in self._stream_requests:
+        for request in requests:
             request.wait()
-        out = [torch.from_numpy(np.concatenate([r.get_output_tensor(k).data for r in self._stream_requests]))
+        out = [torch.from_numpy(np.concatenate([r.get_output_tensor(k).data for r in requests]))
                for k in range(outputs)]
         return out[0], out[1] if outputs == 2 else None
 

@@ -75,6 +75,18 @@ def int8_error_bound() -> float:
     return 0.15 if has_vnni else 0.25
 
 
+def test_openvino_large_batches_of_logits_only_give_the_logits_of_the_full_graph():
+    model = photo_model()
+    engine = engines.build(model, CPU, "openvino", "fp32", calibration=None, cache_dir=None,
+                           weights_key=engines.weights_key(model))
+    x = torch.randn(4 * engine.streams + 1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    full, features = engine(x)
+    logits, none = engine(x, features=False)
+    assert none is None and features is not None and logits.shape == full.shape
+    torch.testing.assert_close(logits, full, rtol=1e-4, atol=1e-4)
+    assert (engine._logits_requests is not None) == (engine.streams > 1)  # the graph without the map ran
+
+
 @pytest.mark.parametrize("name", ["torch fp32", "torch int8", "openvino fp32", "openvino int8"])
 def test_each_engine_keeps_the_logits_of_a_photo_model_within_the_gate(name):
     model = photo_model()
