@@ -135,8 +135,10 @@ def _add_finetune_parser(sub) -> None:
                    help="with frozen stages, views per image in the frozen-feature cache: the image as served, then "
                         "augmented copies (default: %(default)s)")
     p.add_argument("--cache-engine", choices=["auto", "torch", "openvino"], default=d.cache_engine,
-                   help="what computes the frozen-feature cache: auto uses OpenVINO on a CPU where it converts the "
-                        "frozen part and matches torch's fp32 features, else torch (default: %(default)s)")
+                   help="what computes the frozen-feature cache: auto uses OpenVINO (int8, else the run's precision) "
+                        "on a CPU when the frozen part is already converted for this base or converting pays within "
+                        "this run, and its features match torch's fp32 ones; else torch. openvino: convert whatever "
+                        "the run's length (default: %(default)s)")
     p.add_argument("--no-cache", action="store_true",
                    help="run the whole network every step even when stages are frozen")
     p.add_argument("--image-size", type=int, default=None, help="training/inference input size in px (default: the base's)")
