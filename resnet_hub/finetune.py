@@ -486,18 +486,29 @@ def frozen_trunk(model: HubResNet, x: Tensor, passes: int, autocast: dict, engin
     precision = "bf16" if autocast.get("enabled") and autocast.get("dtype") == torch.bfloat16 else "fp32"
     if autocast.get("enabled") and precision == "fp32":
         return torch_fn, ""  # fp16 autocast on a CPU: torch's own
-    why = engines.openvino_available() or ("" if world_size == 1 else "several processes share the cores")
-    if why:
-        return torch_fn, f"frozen part on torch: {why}" if engine == "openvino" else ""
+    if world_size > 1:
+        return torch_fn, "frozen part on torch: several processes share the cores" if engine == "openvino" else ""
     cache_dir = engines.default_cache_dir()
     shape = tuple(x.shape[1:])
     key = _frozen_key(frozen, model.frozen_stages, shape)
     probe, reference, failed = x[:TRUNK_CHECK_IMAGES], None, []
     size = f"{sum(p.numel() for _, m in frozen.stage_modules()[: model.frozen_stages + 1] for p in m.parameters())} " \
            f"parameters at {'x'.join(map(str, shape))}"  # what a conversion's time depends on
-    pays = None
-    for candidate in (("int8",) if TRUNK_INT8 else ()) + (precision,):
-        if engine == "auto" and not engines.OpenVINOPart.is_cached(cache_dir, key, candidate, _calibration_name(kind)):
+    candidates = (("int8",) if TRUNK_INT8 else ()) + (precision,)
+    cached = {c: engines.OpenVINOPart.is_cached(cache_dir, key, c, _calibration_name(kind)) for c in candidates}
+    if engine == "openvino":
+        pays: bool | None = True
+    elif any(cached.values()):
+        pays = None  # measured only if a candidate that is not cached comes up
+    else:
+        pays = _conversion_pays(torch_fn, probe, passes, cache_dir / TRUNK_CONVERSIONS, size)
+        if not pays:
+            return torch_fn, ""  # decided without loading OpenVINO
+    why = engines.openvino_available()
+    if why:
+        return torch_fn, f"frozen part on torch: {why}" if engine == "openvino" else ""
+    for candidate in candidates:
+        if not cached[candidate]:
             if pays is None:
                 pays = _conversion_pays(torch_fn, probe, passes, cache_dir / TRUNK_CONVERSIONS, size)
             if not pays:
