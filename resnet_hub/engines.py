@@ -226,15 +226,7 @@ class OpenVINOEngine:
 
     def __init__(self, model: ResNet, precision: str, *, calibration: Tensor | None, cache_dir: Path | None,
                  weights_key: str):
-        why = openvino_available()
-        if why:
-            raise EngineError(why)
-        if precision not in ("fp32", "bf16", "int8"):
-            raise EngineError(f"OpenVINO runs fp32, bf16 or int8, not {precision}")
-        if precision == "bf16" and not cpu_has_fast_bf16():
-            raise EngineError("OpenVINO bf16 needs a CPU with AVX-512-BF16 or AMX")
-        if precision == "int8" and calibration is None:
-            raise EngineError("OpenVINO int8 needs calibration images")
+        _check_openvino(precision, calibration is not None)
         from .openvino_runtime import core
 
         self.precision = precision
@@ -242,31 +234,14 @@ class OpenVINOEngine:
         self.input_dtype = torch.float32
         self.from_cache = False
         size = model.preprocessing.input_size
-        key = _digest(weights_key, precision, openvino_version(),
-                      nncf_version() if precision == "int8" else "", _tensor_digest(calibration) if precision == "int8" else "")
-        ov_model = None
-        folder = cache_dir / f"openvino-{key[:24]}" if cache_dir else None
-        if folder is not None:
-            ov_model = _read_ir(folder)
-            self.from_cache = ov_model is not None
-        if ov_model is None:
-            ov_model = _converted(model, size, cache_dir, weights_key)
-            if precision == "int8":
-                ov_model = self._quantize(ov_model, calibration)
-            if folder is not None and precision == "int8":  # fp32 and bf16 share the converted IR
-                _write_ir(ov_model, folder)
-        config = {"PERFORMANCE_HINT": "LATENCY",
-                  # OpenVINO runs "fp32" models in bf16 on CPUs that have it unless told otherwise.
-                  "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
-        if cache_dir is not None:
-            config["CACHE_DIR"] = str(cache_dir / "openvino-blobs")
-        try:
-            self.compiled_model = core().compile_model(ov_model, "CPU", config)
-        except Exception:  # noqa: BLE001 - a damaged blob in OpenVINO's cache: compile afresh without it
-            if "CACHE_DIR" not in config:
-                raise
-            shutil.rmtree(config.pop("CACHE_DIR"), ignore_errors=True)
-            self.compiled_model = core().compile_model(ov_model, "CPU", config)
+        converted = lambda: _converted(model, size, cache_dir, weights_key)  # noqa: E731
+        if precision == "int8":
+            key = _digest(weights_key, precision, openvino_version(), nncf_version(), _tensor_digest(calibration))
+            folder = cache_dir / f"openvino-{key[:24]}" if cache_dir else None
+            ov_model, self.from_cache = _quantized_cached(folder, converted, lambda: calibration)
+        else:  # fp32 and bf16 share the converted IR
+            ov_model = converted()
+        self.compiled_model, config = _compile_openvino(ov_model, precision, cache_dir)
         # Large batches: the THROUGHPUT hint's streams, each running its share of the batch at once
         # (on this 2-core machine +7% images/s at batch 32 for ResNet-50); small ones: one LATENCY request.
         self.throughput_model = core().compile_model(ov_model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
@@ -341,6 +316,50 @@ class OpenVINOEngine:
         return out[0], out[1] if outputs == 2 else None
 
 
+def _check_openvino(precision: str, calibrated: bool) -> None:
+    """An :class:`EngineError` saying why OpenVINO cannot run ``precision`` here (int8: given calibration images)."""
+    why = openvino_available()
+    if why:
+        raise EngineError(why)
+    if precision not in ("fp32", "bf16", "int8"):
+        raise EngineError(f"OpenVINO runs fp32, bf16 or int8, not {precision}")
+    if precision == "bf16" and not cpu_has_fast_bf16():
+        raise EngineError("OpenVINO bf16 needs a CPU with AVX-512-BF16 or AMX")
+    if precision == "int8" and not calibrated:
+        raise EngineError("OpenVINO int8 needs calibration images")
+
+
+def _quantized_cached(folder: Path | None, converted: Callable[[], Any], calibration: Callable[[], Tensor]
+                      ) -> tuple[Any, bool]:
+    """(the int8 IR in ``folder``, True), or (``converted()`` quantized on ``calibration()``, False), then written
+    to ``folder``."""
+    ov_model = _read_ir(folder) if folder is not None else None
+    if ov_model is not None:
+        return ov_model, True
+    ov_model = OpenVINOEngine._quantize(converted(), calibration())
+    if folder is not None:
+        _write_ir(ov_model, folder)
+    return ov_model, False
+
+
+def _compile_openvino(ov_model, precision: str, cache_dir: Path | None) -> tuple[Any, dict]:
+    """(``ov_model`` compiled for the CPU with the LATENCY hint, the config it was compiled with), its blob kept in
+    OpenVINO's model cache under ``cache_dir``; a damaged blob there is removed and the model compiled afresh."""
+    from .openvino_runtime import core
+
+    # OpenVINO runs "fp32" models in bf16 on CPUs that have it unless told otherwise.
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    if cache_dir is not None:
+        config["CACHE_DIR"] = str(cache_dir / "openvino-blobs")
+    try:
+        return core().compile_model(ov_model, "CPU", config), config
+    except Exception:  # noqa: BLE001 - a damaged blob in OpenVINO's cache: compile afresh without it
+        if "CACHE_DIR" not in config:
+            raise
+        shutil.rmtree(config.pop("CACHE_DIR"), ignore_errors=True)
+        return core().compile_model(ov_model, "CPU", config), config
+
+
 def quiet_stdout():
     """NNCF draws progress bars on stdout, where they would corrupt the CLI's --json output: discard them."""
     import contextlib
@@ -410,33 +429,23 @@ class OpenVINOPart:
     def __init__(self, module: Callable[[], nn.Module], input_shape: tuple[int, ...], precision: str, *,
                  cache_dir: Path | None, key: str, calibration: Callable[[], Tensor] | None = None,
                  calibration_name: str = ""):
-        why = openvino_available()
-        if why:
-            raise EngineError(why)
-        if precision not in ("fp32", "bf16", "int8"):
-            raise EngineError(f"a frozen part runs in fp32, bf16 or int8 on OpenVINO, not {precision}")
-        if precision == "bf16" and not cpu_has_fast_bf16():
-            raise EngineError("OpenVINO bf16 needs a CPU with AVX-512-BF16 or AMX")
-        if precision == "int8" and calibration is None:
-            raise EngineError("OpenVINO int8 needs calibration images")
-        from .openvino_runtime import core
-
+        _check_openvino(precision, calibration is not None)
         self.precision = precision
-        folder = self._int8_folder(cache_dir, key, calibration_name) if precision == "int8" else None
-        ov_model = _read_ir(folder) if folder is not None else None
-        if ov_model is not None:
-            self.source = "cache"
+        sources = []
+
+        def converted():
+            ov_model, source = convert_cached(module, input_shape, cache_dir, key)
+            sources.append(source)
+            return ov_model
+
+        if precision == "int8":
+            ov_model, from_cache = _quantized_cached(self._int8_folder(cache_dir, key, calibration_name), converted,
+                                                     calibration)
+            self.source = "cache" if from_cache else "converted" if sources == ["converted"] else "quantized"
         else:
-            ov_model, self.source = convert_cached(module, input_shape, cache_dir, key)
-            if precision == "int8":
-                ov_model = OpenVINOEngine._quantize(ov_model, calibration())
-                self.source = "converted" if self.source == "converted" else "quantized"
-                if folder is not None:
-                    _write_ir(ov_model, folder)
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
-        if cache_dir is not None:
-            config["CACHE_DIR"] = str(cache_dir / "openvino-blobs")
-        self.request = core().compile_model(ov_model, "CPU", config).create_infer_request()
+            ov_model = converted()
+            self.source = sources[0]
+        self.request = _compile_openvino(ov_model, precision, cache_dir)[0].create_infer_request()
 
     @staticmethod
     def _int8_folder(cache_dir: Path | None, key: str, calibration_name: str) -> Path | None:
