@@ -445,6 +445,9 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
 
 
+_CPU_FP32 = {"device_type": "cpu", "enabled": False}  # frozen_features with no autocast: the reference
+
+
 class _FrozenForward(nn.Module):
     """``frozen_features`` in fp32 as a module's forward: what OpenVINO converts."""
 
@@ -453,15 +456,18 @@ class _FrozenForward(nn.Module):
         self.frozen = frozen
 
     def forward(self, x: Tensor) -> Tensor:
-        return frozen_features(self.frozen, x, {"device_type": "cpu", "enabled": False})
+        return frozen_features(self.frozen, x, _CPU_FP32)
 
 
-def _frozen_key(frozen: nn.Module, frozen_stages: int, input_shape: tuple[int, ...]) -> str:
-    """The frozen part's own weights (the stem and frozen stages: not the new head), its depth and input shape."""
+def _frozen_identity(frozen: HubResNet, input_shape: tuple[int, ...]) -> tuple[str, str]:
+    """(the cache key of ``frozen``'s frozen part: its own weights (the stem and frozen stages, not the new head),
+    depth and input shape; its size, on which a conversion's time depends)."""
     from .engines import weights_key
 
-    parts = nn.ModuleList([m for _, m in frozen.stage_modules()[: frozen_stages + 1]])
-    return weights_key(parts, f"frozen part {frozen_stages} {'x'.join(map(str, input_shape))}")
+    parts = nn.ModuleList([m for _, m in frozen.stage_modules()[: frozen.frozen_stages + 1]])
+    shape = "x".join(map(str, input_shape))
+    return (weights_key(parts, f"frozen part {frozen.frozen_stages} {shape}"),
+            f"{sum(p.numel() for p in parts.parameters())} parameters at {shape}")
 
 
 def frozen_trunk(model: HubResNet, x: Tensor, passes: int, autocast: dict, engine: str = "auto",
@@ -490,10 +496,8 @@ def frozen_trunk(model: HubResNet, x: Tensor, passes: int, autocast: dict, engin
         return torch_fn, "frozen part on torch: several processes share the cores" if engine == "openvino" else ""
     cache_dir = engines.default_cache_dir()
     shape = tuple(x.shape[1:])
-    key = _frozen_key(frozen, model.frozen_stages, shape)
+    key, size = _frozen_identity(frozen, shape)
     probe, reference, failed = x[:TRUNK_CHECK_IMAGES], None, []
-    size = f"{sum(p.numel() for _, m in frozen.stage_modules()[: model.frozen_stages + 1] for p in m.parameters())} " \
-           f"parameters at {'x'.join(map(str, shape))}"  # what a conversion's time depends on
     candidates = (("int8",) if TRUNK_INT8 else ()) + (precision,)
     cached = {c: engines.OpenVINOPart.is_cached(cache_dir, key, c, _calibration_name(kind)) for c in candidates}
     if engine == "openvino":
@@ -523,7 +527,7 @@ def frozen_trunk(model: HubResNet, x: Tensor, passes: int, autocast: dict, engin
             failed.append(f"OpenVINO {candidate}: {e}")
             continue
         if reference is None:
-            reference = frozen_features(frozen, probe, {"device_type": "cpu", "enabled": False})
+            reference = frozen_features(frozen, probe, _CPU_FP32)
         finite = bool(torch.isfinite(got).all())
         rel = ((got - reference).norm() / reference.norm().clamp_min(1e-12)).item() if finite else math.inf
         if rel > engines.MAX_REL_ERROR:
@@ -550,11 +554,12 @@ def prepare_frozen_part(model: HubResNet, kind: str, precision: str = "auto") ->
     autocast = _autocast_args(torch.device("cpu"), resolve_precision(precision, torch.device("cpu"))[0])
     if model.frozen_stages < 0 or engines.openvino_available() or next(model.parameters()).device.type != "cpu":
         return ""
-    images = _trunk_calibration(model, kind)
-    key = _frozen_key(frozen_part(model), model.frozen_stages, tuple(images.shape[1:]))
+    p = model.preprocessing
+    key, _ = _frozen_identity(frozen_part(model), (len(p.mean), p.input_size, p.input_size))
     first = "int8" if TRUNK_INT8 else "fp32"  # fp32 and bf16 read the same converted IR
     if engines.OpenVINOPart.is_cached(engines.default_cache_dir(), key, first, _calibration_name(kind)):
         return ""
+    images = _trunk_calibration(model, kind)
     return frozen_trunk(model, images, len(images), autocast, "openvino", 1, kind)[1]
 
 
