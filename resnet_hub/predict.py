@@ -99,15 +99,19 @@ from .engines import (  # noqa: E402
 from . import engines as _engines  # noqa: E402
 
 
+def laid_out(pictures: Sequence[Image.Image], kind: str) -> list[Image.Image]:
+    """Images as a model of ``kind`` is served them: a digit centred and scaled the MNIST way (:func:`center_digit`),
+    a photo as it is."""
+    return [center_digit(p) for p in pictures] if kind == "digits" else list(pictures)
+
+
 def default_calibration(model: HubResNet, n: int = CALIBRATION_IMAGES) -> Tensor:
     """Real images for int8 calibration: MNIST digits for digit models (centred, as served), scikit-image photos
     otherwise."""
     from .examples import calibration_images
 
     kind = model.info.training.get("kind", "photo")
-    images = calibration_images(kind, n)
-    # as the Predictor serves them (and as the check images are): a digit centred and scaled the MNIST way
-    return to_tensor_batch([center_digit(i) for i in images] if kind == "digits" else images, model.preprocessing)
+    return to_tensor_batch(laid_out(calibration_images(kind, n), kind), model.preprocessing)  # as they are served
 
 
 def default_check_images(model: HubResNet, n: int = CHECK_IMAGES) -> tuple[Tensor, str]:
@@ -116,7 +120,7 @@ def default_check_images(model: HubResNet, n: int = CHECK_IMAGES) -> tuple[Tenso
 
     kind = model.info.training.get("kind", "photo")
     images, what = check_images(kind, n)
-    return to_tensor_batch([center_digit(i) for i in images] if kind == "digits" else images, model.preprocessing), what
+    return to_tensor_batch(laid_out(images, kind), model.preprocessing), what
 
 
 def count_gmacs(model: HubResNet) -> float:
@@ -266,9 +270,10 @@ class Predictor:
         """Decoded images laid out as the model's training images were: a digit model sees each
         image centred and scaled the MNIST way (:func:`center_digit`); a photo model, the image as is.
 
-        The one place this happens, so the app, the CLI, compare and grad-CAM all agree.
+        The app, the CLI, compare and grad-CAM all come here (and calibration and check images go through
+        :func:`laid_out` too), so they agree.
         """
-        return [center_digit(p) for p in pictures] if self.kind == "digits" else list(pictures)
+        return laid_out(pictures, self.kind)
 
     @property
     def draft_side(self) -> int | None:
