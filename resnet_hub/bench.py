@@ -6,7 +6,6 @@ Tests check behaviour; speed is reported here, as ratios, with the machine named
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -15,6 +14,7 @@ import statistics
 import time
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -462,7 +462,9 @@ def run_finetune_bench(arch: str = "resnet18", *, epochs: int | None = None, ima
     dev = resolve_device(device)
     epochs = epochs or FinetuneConfig().epochs
     rows, notes = [], []
-    with tempfile.TemporaryDirectory() as tmp, _engine_cache(f"{tmp}/engine-cache"):
+    # An empty engine cache, for the bench and the subprocess it starts (os.environ restored after).
+    with tempfile.TemporaryDirectory() as tmp, \
+            mock.patch.dict(os.environ, {"RESNET_HUB_ENGINE_CACHE": f"{tmp}/engine-cache"}):
         archive = photo_zip(f"{tmp}/photos.zip", classes=classes, per_class=per_class)
         dataset = read_zip(archive)
         with zipfile.ZipFile(archive) as z:  # the tutorial loop decodes these bytes again every epoch
@@ -545,20 +547,6 @@ def run_finetune_bench(arch: str = "resnet18", *, epochs: int | None = None, ima
         f"device: {device_name(dev)}; {_cpu_model()}; torch {torch.__version__}",
     ]
     return {"rows": rows, "notes": notes}
-
-
-@contextlib.contextmanager
-def _engine_cache(folder: str):
-    """An empty engine cache for the bench and the subprocess it starts: the first run on a base converts."""
-    saved = os.environ.get("RESNET_HUB_ENGINE_CACHE")
-    os.environ["RESNET_HUB_ENGINE_CACHE"] = folder
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("RESNET_HUB_ENGINE_CACHE", None)
-        else:
-            os.environ["RESNET_HUB_ENGINE_CACHE"] = saved
 
 
 def _bench_base(arch: str, folder: str):
