@@ -499,10 +499,9 @@ def run_finetune_bench(arch: str = "resnet18", *, epochs: int | None = None, ima
                 ours_speed = epochs * len(train_idx) / ours_seconds
                 cached = next((e.elapsed_s for e in events if e.kind == "cached"), None)
                 used, _ = resolve_precision(precision, dev)
-                trunk = next((n for n in result.model.info.notes if n.startswith("frozen part on ")), "")
-                trunk = (" ".join(trunk.split()[3:5]) + (", from the engine cache" if "engine cache" in trunk else
-                                                          ", converted") if trunk.startswith("frozen part on OpenVINO")
-                         else f"torch {used}")
+                trunk = (f"OpenVINO {result.frozen_part.split()[1]}, "
+                         + ("from the engine cache" if result.frozen_part_source == "cache" else "converted")
+                         if result.frozen_part.startswith("openvino") else f"torch {used}")
                 how = (f"cache of {DEFAULT_CACHED_VIEWS} views by {trunk}" if cached is not None
                        else "whole network") + f"; training {used}"
                 if run == runs[0] and freeze >= 0:  # what the app does after such a run, in its own turn

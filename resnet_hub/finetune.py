@@ -108,6 +108,10 @@ class FinetuneResult:
     seconds: float = 0.0
     results: ValidationResults | None = None  # per-class metrics and the misclassified images
     stopped_at: dict[str, int] | None = None  # {"epoch", "step", "total_steps"} of a stopped run
+    # What computed the frozen-feature cache: "" (no cache), "torch", or "openvino int8" (bf16, fp32), and then
+    # where that part came from: "converted", "quantized", "cache" or "memory" (engines.OpenVINOPart.source).
+    frozen_part: str = ""
+    frozen_part_source: str = ""
 
     def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
         if self.model is None:
@@ -706,11 +710,14 @@ def finetune(
 
     net: nn.Module = model
     features: list[Tensor] | None = None
+    frozen_part = ("", "")
     if plan.cached:
         x_all = torch.cat([x_train, x_val])
         trunk, trunk_note = frozen_trunk(model, x_all, len(train_idx) * plan.views + len(val_idx), autocast,
                                          config.cache_engine, world.size, dataset.kind)
         cached = cache_features(trunk, x_all, plan, augment, generator, should_stop, n_train=len(train_idx))
+        openvino = getattr(trunk, "precision", None)  # an engines.OpenVINOPart; torch's is a plain function
+        frozen_part = (f"openvino {openvino}", trunk.source) if openvino else ("torch", "")
         del trunk, x_all
         if isinstance(cached, str):
             return _nothing_kept(report, history, f"{cached} while caching the frozen features", 0, total_steps, 0,
@@ -788,7 +795,8 @@ def finetune(
         report(Event("done", step, total_steps, config.epochs, config.epochs, val_accuracy=val_acc, images_per_s=speed,
                      message=f"done in {seconds:.0f} s: validation accuracy {val_acc:.2%}"))
     return FinetuneResult(model, bool(stopped_reason), stopped_reason or "finished", val_acc, results.confusion_matrix,
-                          history, speed, seconds, results=results, stopped_at=stopped_at)
+                          history, speed, seconds, results=results, stopped_at=stopped_at, frozen_part=frozen_part[0],
+                          frozen_part_source=frozen_part[1])
 
 
 def _nothing_kept(report, history, reason, step, total_steps, epoch, config, seconds, speed=None) -> FinetuneResult:

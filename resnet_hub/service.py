@@ -629,8 +629,7 @@ class FinetuneJobs:
 
     def _prepare_frozen_part(self, job: Job) -> None:
         model = job.result.model
-        if not (self.prepare_frozen_parts and job.config.cache_features and job.config.cache_engine == "auto"
-                and model.frozen_stages >= 0 and not any(n.startswith("frozen part on OpenVINO") for n in model.info.notes)):
+        if not (self.prepare_frozen_parts and job.result.frozen_part == "torch" and job.config.cache_engine == "auto"):
             return
 
         def prepare() -> None:

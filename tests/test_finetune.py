@@ -541,13 +541,15 @@ def test_a_frozen_part_that_openvino_gets_wrong_falls_back_to_torch_and_says_so(
 def test_a_run_cached_by_openvino_trains_as_the_torch_cached_one_and_its_card_says_so(saved_models, colours,
                                                                                       monkeypatch):
     monkeypatch.setattr(finetune_module, "TRUNK_INT8", False)
-    losses, notes = {}, {}
+    losses, notes, parts = {}, {}, {}
     for engine in ("torch", "openvino"):
         recorder = Recorder()
         result = finetune(colours, colour_base_config(saved_models["resnet18"], freeze=3, augment="none",
                                                       cache_engine=engine), on_event=recorder)
         losses[engine] = [e.loss for e in recorder.steps()]
         notes[engine] = result.model.info.notes
+        parts[engine] = result.frozen_part
+    assert parts == {"torch": "torch", "openvino": "openvino fp32"}  # what computed the cache, as data too
     assert losses["openvino"] == pytest.approx(losses["torch"], rel=1e-3)
     assert any(n.startswith("frozen part on OpenVINO fp32") for n in notes["openvino"])
     assert not any(n.startswith("frozen part") for n in notes["torch"])
