@@ -20,6 +20,7 @@ the software, so a second start is quick; a cache entry that fails its checksum 
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import hashlib
@@ -342,13 +343,13 @@ def _quantized_cached(folder: Path | None, converted: Callable[[], Any], calibra
     return ov_model, False
 
 
-def _compile_openvino(ov_model, precision: str, cache_dir: Path | None) -> tuple[Any, dict]:
-    """(``ov_model`` compiled for the CPU with the LATENCY hint, the config it was compiled with), its blob kept in
+def _compile_openvino(ov_model, precision: str, cache_dir: Path | None, hint: str = "LATENCY") -> tuple[Any, dict]:
+    """(``ov_model`` compiled for the CPU with the ``hint``, the config it was compiled with), its blob kept in
     OpenVINO's model cache under ``cache_dir``; a damaged blob there is removed and the model compiled afresh."""
     from .openvino_runtime import core
 
     # OpenVINO runs "fp32" models in bf16 on CPUs that have it unless told otherwise.
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
     if cache_dir is not None:
         config["CACHE_DIR"] = str(cache_dir / "openvino-blobs")
     try:
@@ -419,6 +420,9 @@ def is_converted(cache_dir: Path | None, key: str) -> bool:
     return cache_dir is not None and (cache_dir / f"openvino-{key[:24]}" / "manifest.json").is_file()
 
 
+STREAM_ROWS = 8  # images per inference of an OpenVINOPart's stream
+
+
 class OpenVINOPart:
     """Any fixed part of a model (fine-tuning's frozen stem and stages) run by OpenVINO on the CPU, fp32, bf16 or
     int8 (NNCF, on the images ``calibration()`` gives, which ``calibration_name`` names): ``part(x)`` is
@@ -445,7 +449,13 @@ class OpenVINOPart:
         else:
             ov_model = converted()
             self.source = sources[0]
-        self.request = _compile_openvino(ov_model, precision, cache_dir)[0].create_infer_request()
+        # The THROUGHPUT hint's streams (one a core here), each running a slice of ``STREAM_ROWS`` images: a call
+        # with many images keeps every stream busy; ResNet-18's frozen stem..layer4 at 224 px, int8, on 2 Zen 5
+        # cores: 410-420 images/s against 366 for one LATENCY request over chunks of 8.
+        compiled = _compile_openvino(ov_model, precision, cache_dir, "THROUGHPUT")[0]
+        streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self.requests = [compiled.create_infer_request() for _ in range(streams)]
+        self.chunk = STREAM_ROWS * streams * 4  # images per call that keep the streams fed (cache_features reads it)
 
     @staticmethod
     def _int8_folder(cache_dir: Path | None, key: str, calibration_name: str) -> Path | None:
@@ -462,8 +472,33 @@ class OpenVINOPart:
         return is_converted(cache_dir, key)
 
     def __call__(self, x: Tensor) -> Tensor:
-        self.request.infer({0: np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())})
-        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+        """``x``'s rows in slices of ``STREAM_ROWS``, each started on the next free stream as one finishes (a
+        plain wait on the oldest: no Python callback on OpenVINO's threads)."""
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        out: np.ndarray | None = None
+        free, running = list(reversed(self.requests)), collections.deque()
+
+        def collect() -> None:
+            nonlocal out
+            request, start = running.popleft()
+            request.wait()
+            got = request.get_output_tensor(0).data
+            if out is None:
+                out = np.empty((len(array), *got.shape[1:]), dtype=np.float32)
+            out[start : start + len(got)] = got
+            free.append(request)
+
+        for start in range(0, len(array), STREAM_ROWS):
+            if not free:
+                collect()
+            request = free.pop()
+            request.start_async({0: array[start : start + STREAM_ROWS]})
+            running.append((request, start))
+        while running:
+            collect()
+        if out is None:
+            raise EngineError("an OpenVINO part was called with no images")
+        return torch.from_numpy(out)
 
 
 def default_cache_dir() -> Path:

@@ -618,7 +618,8 @@ def cache_features(trunk: Callable[[Tensor], Tensor], x: Tensor, plan: CachePlan
     """Feature tensors computed chunk by chunk by ``trunk`` (:func:`frozen_trunk`), one per view: view 0 of all of
     ``x``, the augmented views of its first ``n_train`` rows (the training images; default: all); or the reason a
     stop arrived."""
-    chunk = CACHE_CHUNK.get(x.device.type, CACHE_CHUNK["cuda"])
+    # torch's chunk, or the images an OpenVINO part spreads over its streams at once
+    chunk = getattr(trunk, "chunk", None) or CACHE_CHUNK.get(x.device.type, CACHE_CHUNK["cuda"])
     views = []
     for v in range(plan.views):
         rows = len(x) if v == 0 or n_train is None else n_train
