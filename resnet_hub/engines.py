@@ -228,8 +228,6 @@ class OpenVINOEngine:
     def __init__(self, model: ResNet, precision: str, *, calibration: Tensor | None, cache_dir: Path | None,
                  weights_key: str):
         _check_openvino(precision, calibration is not None)
-        from .openvino_runtime import core
-
         self.precision = precision
         self.device = torch.device("cpu")
         self.input_dtype = torch.float32
@@ -242,10 +240,10 @@ class OpenVINOEngine:
             ov_model, self.from_cache = _quantized_cached(folder, converted, lambda: calibration)
         else:  # fp32 and bf16 share the converted IR
             ov_model = converted()
-        self.compiled_model, config = _compile_openvino(ov_model, precision, cache_dir)
+        self.compiled_model = _compile_openvino(ov_model, precision, cache_dir)[0]
         # Large batches: the THROUGHPUT hint's streams, each running its share of the batch at once
         # (on this 2-core machine +7% images/s at batch 32 for ResNet-50); small ones: one LATENCY request.
-        self.throughput_model = core().compile_model(ov_model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
+        self.throughput_model = _compile_openvino(ov_model, precision, cache_dir, "THROUGHPUT")[0]
         self.streams = max(1, int(self.throughput_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         # One plain request per stream, started and then waited for: no Python callback on OpenVINO's threads.
         self._stream_requests = ([self.throughput_model.create_infer_request() for _ in range(self.streams)]
@@ -254,7 +252,7 @@ class OpenVINOEngine:
         # Large batches that want only logits (Compare's throughput, the bench) run a copy of the graph without the
         # feature-map output, compiled when first asked for: there the pooled map is fused, not written out (+5%
         # images/s for ResNet-50 int8 at batch 32 on 2 Sapphire Rapids cores, level with OpenVINO used directly).
-        self._logits_graph = (ov_model, config) if self._stream_requests else None
+        self._logits_graph = (ov_model, precision, cache_dir) if self._stream_requests else None
         self._logits_requests: list | None = None
         self._logits_lock = threading.Lock()
 
@@ -296,11 +294,9 @@ class OpenVINOEngine:
             if self._logits_requests is None:
                 import openvino as ov
 
-                from .openvino_runtime import core
-
-                ov_model, config = self._logits_graph
+                ov_model, precision, cache_dir = self._logits_graph
                 graph = ov.Model([ov_model.get_results()[0].input_value(0)], ov_model.get_parameters(), "logits")
-                compiled = core().compile_model(graph, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
+                compiled = _compile_openvino(graph, precision, cache_dir, "THROUGHPUT")[0]
                 self._logits_requests = [compiled.create_infer_request() for _ in range(self.streams)]
                 self._logits_graph = None  # the compiled copy is all that is needed now
             return self._logits_requests
