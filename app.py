@@ -61,10 +61,13 @@ MAX_FILE_SIZE = "50mb"
 QUEUE_SIZE = 64
 CLASSIFY_CONCURRENCY = 16  # concurrent classify requests share forward passes (Predictor.forward_batched)
 HEATMAP_MIN_SIDE = 224  # px, as shown
+PHOTO_IMAGE_SIZE = 128  # px: a zip of photos is fine-tuned at this size (the MNIST sample at its own 32)
 
 registry = ModelRegistry()
 jobs = FinetuneJobs(registry, prepare_frozen_parts=True)
 registry.start_building_starters()  # offline: train the starters now, so the first click rarely waits
+# Then convert the default bases' frozen parts (default freeze and head only), so even the first fine-tune reads them.
+jobs.prepare_bases(["resnet18", "resnet50"], PHOTO_IMAGE_SIZE)
 
 
 def _user_error(e: Exception | str) -> gr.Error:
@@ -446,7 +449,7 @@ def train(data_zip, use_mnist, base, epochs, lr, freeze, name, seed=0, browser_i
     try:
         config = FinetuneConfig(base=base, epochs=int(epochs), lr=float(lr),
                                 freeze=None if freeze in (None, FREEZE_AUTO) else int(freeze),
-                                seed=int(seed) if seed is not None else 0, image_size=32 if use_mnist else 128)
+                                seed=int(seed) if seed is not None else 0, image_size=32 if use_mnist else PHOTO_IMAGE_SIZE)
         job = jobs.start(data, config, name or None, visitor=visitor)
     except (ResNetHubError, ValueError, TypeError) as e:
         raise _user_error(e) from None

@@ -345,9 +345,15 @@ def resolve_freeze(config: FinetuneConfig, dataset: ImageDataset, model: HubResN
     if config.base.startswith("scratch:"):
         return -1, "from scratch: every stage trains"
     if dataset.kind != "digits" and len(dataset) < SMALL_PHOTO_SET:
-        stages = min(DEFAULT_PRETRAINED_FREEZE, len(model.stage_names) - 1)
+        stages = small_photo_freeze(model)
         return stages, f"freeze {stages} (default): {FREEZE_ADVICE}"
     return -1, f"every stage trains (default for {'digits' if dataset.kind == 'digits' else 'a large photo set'})"
+
+
+def small_photo_freeze(model: HubResNet) -> int:
+    """The stages a pretrained base freezes by default on a small photo set: ``DEFAULT_PRETRAINED_FREEZE``, leaving
+    at least the last stage to train."""
+    return min(DEFAULT_PRETRAINED_FREEZE, len(model.stage_names) - 1)
 
 
 # ---------------------------------------------------------------------------
@@ -565,6 +571,25 @@ def prepare_frozen_part(model: HubResNet, kind: str, precision: str = "auto") ->
         return ""
     images = _trunk_calibration(model, kind)
     return frozen_trunk(model, images, len(images), autocast, "openvino", 1, kind)[1]
+
+
+def prepare_base(base: str, image_size: int, kind: str = "photo", precision: str = "auto") -> list[str]:
+    """Convert into the engine cache the frozen parts a first fine-tune on ``base`` would use: a small set of
+    ``kind`` images at ``image_size`` px, with the default freeze (:func:`small_photo_freeze`) and head only (every
+    stage frozen), so that run reads them instead of running torch. What the app does at start for its default
+    bases. Returns a note per part converted ([] when each was already there, or when runs would train on a GPU,
+    where torch runs the frozen part)."""
+    if _run_device("auto").type != "cpu":
+        return []
+    model = load(base, device="cpu")
+    model.info.preprocessing = dataclasses.replace(model.info.preprocessing, input_size=image_size)
+    notes = []
+    for stages in dict.fromkeys((small_photo_freeze(model), len(model.stage_names))):
+        model.freeze(stages)
+        note = prepare_frozen_part(model, kind, precision)
+        if note:
+            notes.append(f"freeze {stages}: {note}")
+    return notes
 
 
 def _conversion_pays(torch_fn: Callable[[Tensor], Tensor], probe: Tensor, passes: int, record: Path, size: str) -> bool:

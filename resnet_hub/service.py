@@ -30,7 +30,7 @@ from PIL import Image
 
 from .data import ImageDataset, mnist_sample, read_zip, stratified_split
 from .errors import ResNetHubError, SourceError, WeightsNotFoundError
-from .finetune import Event, FinetuneConfig, FinetuneResult, finetune, prepare_frozen_part
+from .finetune import Event, FinetuneConfig, FinetuneResult, finetune, prepare_base, prepare_frozen_part
 from .images import load_image, looks_like_photo
 from .results import ValidationResults, mistake_thumbnails
 from .predict import Comparison, Prediction, Predictor, compare
@@ -541,6 +541,7 @@ class FinetuneJobs:
         # its own turn on the slot, so the next run on that base reads it (the app: many visitors, few bases).
         self.prepare_frozen_parts = prepare_frozen_parts
         self.preparing: threading.Thread | None = None
+        self.preparing_bases: threading.Thread | None = None  # prepare_bases's, at the app's start
         self._lock = threading.Lock()
         self.active: Job | None = None  # the latest job started
         self._jobs: dict[str, Job] = {}  # waiting or training
@@ -644,6 +645,29 @@ class FinetuneJobs:
 
         self.preparing = threading.Thread(target=prepare, name="resnet-hub-prepare", daemon=True)
         self.preparing.start()
+
+    def prepare_bases(self, choices: Sequence[str], image_size: int) -> None:
+        """In the background, convert the frozen parts that a first fine-tune of a small photo zip at ``image_size``
+        on each of ``choices`` would use (:func:`~resnet_hub.finetune.prepare_base`), so that even the first
+        visitor's run reads them: the app does this at start for its default bases, after their starters. Each
+        base waits for a free slot and takes one turn on it: a visitor who starts a run meanwhile waits at most for
+        the base being prepared."""
+
+        def prepare() -> None:
+            lower_this_threads_priority()
+            for choice in choices:
+                try:
+                    source = self.registry.base_source(choice)  # a starter is built first
+                    self.slot.wait_until_free()
+                    with self.slot.turn(f"preparing {DISPLAY.get(choice, choice)}'s frozen parts for fine-tunes") as mine:
+                        if mine:
+                            notes = prepare_base(source, image_size)
+                            logger.info("prepared %s for fine-tunes: %s", choice, "; ".join(notes) or "already done")
+                except Exception:  # noqa: BLE001 - a failed preparation costs the first runs speed, never the app
+                    logger.exception("preparing the frozen parts of %s failed", choice)
+
+        self.preparing_bases = threading.Thread(target=prepare, name="resnet-hub-prepare-bases", daemon=True)
+        self.preparing_bases.start()
 
     def stream(self, job: Job, interval_s: float = 0.5) -> Iterator[list[Event]]:
         """Batches of new events, at most every ``interval_s``, until the job ends."""

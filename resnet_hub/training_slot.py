@@ -106,6 +106,12 @@ class TrainingSlot:
         with self._changed:
             return bool(self._line)
 
+    def wait_until_free(self, timeout: float | None = None) -> bool:
+        """Block until nothing holds the slot or waits for it (True), or ``timeout`` seconds pass (False): for work
+        that should not keep a visitor waiting in line."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._line, timeout)
+
     @contextmanager
     def turn(self, what: str, *, stop: threading.Event | None = None,
              on_wait: Callable[[int], None] | None = None) -> Iterator[bool]:

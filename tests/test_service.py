@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -390,6 +391,35 @@ def test_after_a_run_too_short_to_convert_its_frozen_part_the_next_run_on_the_ba
                                                            or "(read from the engine cache in" in note), note
     jobs.preparing.join(60)  # nothing left to prepare: returns at once
     assert not slot.busy
+
+
+def test_bases_prepared_at_start_make_the_first_runs_on_them_read_their_frozen_parts(home, stored, tmp_path,
+                                                                                     monkeypatch):
+    from resnet_hub import engines
+
+    from .test_app import colour_zip
+
+    monkeypatch.setenv("RESNET_HUB_ENGINE_CACHE", str(tmp_path / "engine-cache"))  # nothing converted yet
+    monkeypatch.setattr(engines, "_CONVERTED", {})
+    data = colour_zip(tmp_path / "colours.zip", per_class=6)
+    slot = TrainingSlot()
+    jobs = FinetuneJobs(ModelRegistry(check_hub=False), slot)
+    visitor_run = slot.enter("a visitor's run")  # preparing waits for a free slot, never ahead of a visitor
+    jobs.prepare_bases(["run-one"], 32)
+    time.sleep(1)
+    assert slot.position(visitor_run) == 0 and slot.waiting == 0
+    assert not list((tmp_path / "engine-cache").glob("openvino-*/manifest.json"))
+    slot.leave(visitor_run)
+    jobs.preparing_bases.join(240)
+    assert not jobs.preparing_bases.is_alive() and not slot.busy
+    for freeze, stages in ((None, "stem and layer1..layer3"), (4, "stem and layer1..layer4")):
+        job = jobs.start(data, FinetuneConfig(base="run-one", freeze=freeze, epochs=1, image_size=32, batch_size=8))
+        assert job.done.wait(240) and job.error is None, job.error
+        notes = job.result.model.info.notes
+        assert any(stages in n for n in notes), notes  # the default freeze for a small photo set, then head only
+        note = next(n for n in notes if n.startswith("frozen part"))  # 12 images: unprepared, torch would run it
+        assert note.startswith("frozen part on OpenVINO") and ("(already loaded in" in note  # this process converted it
+                                                           or "(read from the engine cache in" in note), note
 
 
 def test_a_finetune_stopped_in_line_leaves_it_and_trains_nothing(home, tmp_path):
