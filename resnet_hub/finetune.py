@@ -470,8 +470,8 @@ class _FrozenForward(nn.Module):
 
 
 def _frozen_identity(frozen: HubResNet, input_shape: tuple[int, ...]) -> tuple[str, str]:
-    """(the cache key of ``frozen``'s frozen part: its own weights (the stem and frozen stages, not the new head),
-    depth and input shape; its size, on which a conversion's time depends)."""
+    """(the cache key of ``frozen``'s frozen part: its own weights (the stem and frozen stages with their BatchNorm
+    statistics, not the new head), depth and input shape; its size, on which a conversion's time depends)."""
     from .engines import weights_key
 
     parts = nn.ModuleList([m for _, m in frozen.stage_modules()[: frozen.frozen_stages + 1]])
@@ -495,8 +495,13 @@ def frozen_trunk(model: HubResNet, x: Tensor, passes: int, autocast: dict, engin
     """
     from . import engines
 
-    frozen = frozen_part(model)
-    torch_fn = functools.partial(frozen_features, frozen, autocast=autocast)
+    # The folded copy is made only when torch runs the part or a conversion needs it: a part read from the engine
+    # cache is keyed and checked on the model itself.
+    folded = functools.cache(functools.partial(frozen_part, model))
+
+    def torch_fn(batch: Tensor) -> Tensor:
+        return frozen_features(folded(), batch, autocast)
+
     if engine == "torch" or x.device.type != "cpu":
         return torch_fn, ""
     precision = "bf16" if autocast.get("enabled") and autocast.get("dtype") == torch.bfloat16 else "fp32"
@@ -506,7 +511,7 @@ def frozen_trunk(model: HubResNet, x: Tensor, passes: int, autocast: dict, engin
         return torch_fn, "frozen part on torch: several processes share the cores" if engine == "openvino" else ""
     cache_dir = engines.default_cache_dir()
     shape = tuple(x.shape[1:])
-    key, size = _frozen_identity(frozen, shape)
+    key, size = _frozen_identity(model, shape)
     probe, reference, failed = x[:TRUNK_CHECK_IMAGES], None, []
     candidates = (("int8",) if TRUNK_INT8 else ()) + (precision,)
     cached = {c: engines.OpenVINOPart.is_cached(cache_dir, key, c, _calibration_name(kind)) for c in candidates}
@@ -529,15 +534,15 @@ def frozen_trunk(model: HubResNet, x: Tensor, passes: int, autocast: dict, engin
                 continue
         start = time.perf_counter()
         try:
-            part = engines.OpenVINOPart(lambda: _FrozenForward(frozen).eval(), shape, candidate, cache_dir=cache_dir,
+            part = engines.OpenVINOPart(lambda: _FrozenForward(folded()).eval(), shape, candidate, cache_dir=cache_dir,
                                         key=key, calibration=lambda: _trunk_calibration(model, kind),
                                         calibration_name=_calibration_name(kind))
             got = part(probe)
         except engines.EngineError as e:
             failed.append(f"OpenVINO {candidate}: {e}")
             continue
-        if reference is None:
-            reference = frozen_features(frozen, probe, _CPU_FP32)
+        if reference is None:  # the unfolded model's own frozen part: its frozen BatchNorm is always in eval mode
+            reference = frozen_features(model, probe, _CPU_FP32)
         finite = bool(torch.isfinite(got).all())
         rel = ((got - reference).norm() / reference.norm().clamp_min(1e-12)).item() if finite else math.inf
         if rel > engines.MAX_REL_ERROR:
@@ -565,7 +570,7 @@ def prepare_frozen_part(model: HubResNet, kind: str, precision: str = "auto") ->
     if model.frozen_stages < 0 or engines.openvino_available() or next(model.parameters()).device.type != "cpu":
         return ""
     p = model.preprocessing
-    key, _ = _frozen_identity(frozen_part(model), (len(p.mean), p.input_size, p.input_size))
+    key, _ = _frozen_identity(model, (len(p.mean), p.input_size, p.input_size))
     first = "int8" if TRUNK_INT8 else "fp32"  # fp32 and bf16 read the same converted IR
     if engines.OpenVINOPart.is_cached(engines.default_cache_dir(), key, first, _calibration_name(kind)):
         return ""
@@ -706,7 +711,9 @@ def finetune(
     model = build_model(config, dataset, device)
     freeze, freeze_note = resolve_freeze(config, dataset, model)
     model.freeze(freeze)
-    x_train, y_train, x_val, y_val = _data_on_device(dataset, model.preprocessing, train_idx, val_idx, device)
+    n_train = len(train_idx)
+    x_all, y_all = _data_on_device(dataset, model.preprocessing, [*train_idx, *val_idx], device)
+    x_train, y_train, x_val, y_val = x_all[:n_train], y_all[:n_train], x_all[n_train:], y_all[n_train:]
     augment = config.augment if config.augment != "auto" else dataset.kind
     model = model.to(memory_format=torch.channels_last).train()
     autocast = _autocast_args(device, precision)
@@ -738,19 +745,17 @@ def finetune(
     features: list[Tensor] | None = None
     frozen_part = ("", "")
     if plan.cached:
-        x_all = torch.cat([x_train, x_val])
-        trunk, trunk_note = frozen_trunk(model, x_all, len(train_idx) * plan.views + len(val_idx), autocast,
+        trunk, trunk_note = frozen_trunk(model, x_all, n_train * plan.views + len(val_idx), autocast,
                                          config.cache_engine, world.size, dataset.kind)
-        cached = cache_features(trunk, x_all, plan, augment, generator, should_stop, n_train=len(train_idx))
+        cached = cache_features(trunk, x_all, plan, augment, generator, should_stop, n_train=n_train)
         openvino = getattr(trunk, "precision", None)  # an engines.OpenVINOPart; torch's is a plain function
         frozen_part = (f"openvino {openvino}", trunk.source) if openvino else ("torch", "")
         del trunk, x_all
         if isinstance(cached, str):
             return _nothing_kept(report, history, f"{cached} while caching the frozen features", 0, total_steps, 0,
                                  config, time.perf_counter() - start)
-        n = len(train_idx)
-        features = [view[:n] for view in cached]
-        x_val = cached[0][n:]
+        features = [view[:n_train] for view in cached]
+        x_val = cached[0][n_train:]
         del x_train, cached  # the images are not needed again: the cache stands in for them
         net = _Unfrozen(model)
         if trunk_note:
@@ -863,16 +868,17 @@ def _should_stop(stop: threading.Event | None, cancel: threading.Event | None, c
     return reason
 
 
-def _data_on_device(dataset, preprocessing, train_idx, val_idx, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Decode every image once, through the same transform inference uses, and keep it on the device."""
+def _data_on_device(dataset, preprocessing, indices, device) -> tuple[Tensor, Tensor]:
+    """Decode every image once, through the same transform inference uses, and keep it on the device: one batch in
+    the order of ``indices`` (the training rows, then the validation rows), which the run slices without copying."""
     c, s = len(preprocessing.mean), preprocessing.input_size
-    needed = (len(train_idx) + len(val_idx)) * c * s * s * 4
+    needed = len(indices) * c * s * s * 4
     if needed > MAX_DEVICE_BYTES:
         raise DataError(
-            f"{len(train_idx) + len(val_idx)} images at {s} px need {needed / 2**30:.1f} GiB on the device: "
+            f"{len(indices)} images at {s} px need {needed / 2**30:.1f} GiB on the device: "
             f"use a smaller image size (e.g. --image-size 128) or fewer images"
         )
-    return (*_decoded(dataset, train_idx, preprocessing, device), *_decoded(dataset, val_idx, preprocessing, device))
+    return _decoded(dataset, indices, preprocessing, device)
 
 
 def _decoded(dataset: ImageDataset, indices, preprocessing: Preprocessing, device: torch.device,
@@ -880,12 +886,15 @@ def _decoded(dataset: ImageDataset, indices, preprocessing: Preprocessing, devic
     """The images resized and cropped by inference's own pipeline (:func:`~resnet_hub.images.to_tensor_batch`:
     eval_transform's pixels, on every core), ``chunk`` at a time so host memory holds one chunk, on ``device``."""
     indices = list(indices)
+    y = torch.tensor([dataset.targets[i] for i in indices], dtype=torch.int64, device=device)
+    if device.type == "cpu":  # host memory holds the whole set anyway: no staging copy
+        return to_tensor_batch([dataset.images[i] for i in indices], preprocessing), y
     c, s = len(preprocessing.mean), preprocessing.input_size
     x = torch.empty((len(indices), c, s, s), dtype=torch.float32, device=device)
     for start in range(0, len(indices), chunk):
         part = indices[start : start + chunk]
         x[start : start + len(part)] = to_tensor_batch([dataset.images[i] for i in part], preprocessing).to(device)
-    return x, torch.tensor([dataset.targets[i] for i in indices], dtype=torch.int64, device=device)
+    return x, y
 
 
 def _record_results(model, dataset, settings, val_acc, results, n_train, n_val, precision, seconds, stopped_at,
