@@ -496,6 +496,8 @@ def test_the_openvino_frozen_part_computes_torchs_features_and_is_converted_once
     x = torch.randn(10, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     fp32 = finetune_module._autocast_args(torch.device("cpu"), "fp32")
     exact = finetune_module.frozen_features(model.eval(), x, fp32)
+    folds, fold = [], finetune_module.frozen_part
+    monkeypatch.setattr(finetune_module, "frozen_part", lambda m: folds.append(m) or fold(m))
     notes = []
     for _ in range(2):
         engines._CONVERTED.clear()  # as in a new process: only the disk cache remains
@@ -505,6 +507,7 @@ def test_the_openvino_frozen_part_computes_torchs_features_and_is_converted_once
         notes.append(note)
     assert notes[0].startswith("frozen part on OpenVINO fp32 (converted in") and "from fp32, relative" in notes[0]
     assert notes[1].startswith("frozen part on OpenVINO fp32 (read from the engine cache in")
+    assert len(folds) == 1  # the conversion folded a copy to convert; the part read from the cache needed none
     # auto converts only for a run long enough to pay for it, but uses a converted part whatever the run's length
     assert isinstance(finetune_module.frozen_trunk(model, x, 10, fp32)[0], engines.OpenVINOPart)
     other = resnet_hub.load(saved_models["resnet50"], device="cpu")
