@@ -364,16 +364,32 @@ def test_a_second_finetune_waits_in_line_shows_its_place_and_then_runs_by_itself
     assert not slot.busy
 
 
-@pytest.mark.skipif(bool(__import__("resnet_hub.engines").engines.openvino_available()),
-                    reason="OpenVINO does not run here")
-def test_after_a_run_too_short_to_convert_its_frozen_part_the_next_run_on_the_base_reads_it(home, stored, tmp_path,
-                                                                                          monkeypatch):
+needs_openvino = pytest.mark.skipif(bool(__import__("resnet_hub.engines").engines.openvino_available()),
+                                    reason="OpenVINO does not run here")
+
+
+@pytest.fixture
+def empty_engine_cache(tmp_path, monkeypatch) -> Path:
+    """An engine cache with nothing converted yet, on disk or in this process."""
     from resnet_hub import engines
 
+    monkeypatch.setenv("RESNET_HUB_ENGINE_CACHE", str(tmp_path / "engine-cache"))
+    monkeypatch.setattr(engines, "_CONVERTED", {})
+    return tmp_path / "engine-cache"
+
+
+def assert_read_its_frozen_part(notes: list[str]) -> None:
+    """The run's cache came from a converted OpenVINO part, not from torch (a 12-image run alone would run torch)."""
+    note = next(n for n in notes if n.startswith("frozen part"))
+    assert note.startswith("frozen part on OpenVINO") and ("(already loaded in" in note  # this process converted it
+                                                           or "(read from the engine cache in" in note), note
+
+
+@needs_openvino
+def test_after_a_run_too_short_to_convert_its_frozen_part_the_next_run_on_the_base_reads_it(home, stored, tmp_path,
+                                                                                          empty_engine_cache):
     from .test_app import colour_zip
 
-    monkeypatch.setenv("RESNET_HUB_ENGINE_CACHE", str(tmp_path / "engine-cache"))  # nothing converted yet
-    monkeypatch.setattr(engines, "_CONVERTED", {})
     data = colour_zip(tmp_path / "colours.zip", per_class=6)
     slot = TrainingSlot()
     jobs = FinetuneJobs(ModelRegistry(check_hub=False), slot, prepare_frozen_parts=True)
@@ -383,24 +399,19 @@ def test_after_a_run_too_short_to_convert_its_frozen_part_the_next_run_on_the_ba
     assert not any(n.startswith("frozen part") for n in first.result.model.info.notes)  # 12 images: torch ran it
     jobs.preparing.join(240)  # its own turn on the slot, after the run
     assert not jobs.preparing.is_alive() and not slot.busy
-    assert list((tmp_path / "engine-cache").glob("openvino-*/manifest.json"))
+    assert list(empty_engine_cache.glob("openvino-*/manifest.json"))
     second = jobs.start(data, config(), "second")
     assert second.done.wait(240) and second.error is None, second.error
-    note = next(n for n in second.result.model.info.notes if n.startswith("frozen part"))
-    assert note.startswith("frozen part on OpenVINO") and ("(already loaded in" in note  # this process converted it
-                                                           or "(read from the engine cache in" in note), note
+    assert_read_its_frozen_part(second.result.model.info.notes)
     jobs.preparing.join(60)  # nothing left to prepare: returns at once
     assert not slot.busy
 
 
+@needs_openvino
 def test_bases_prepared_at_start_make_the_first_runs_on_them_read_their_frozen_parts(home, stored, tmp_path,
-                                                                                     monkeypatch):
-    from resnet_hub import engines
-
+                                                                                     empty_engine_cache):
     from .test_app import colour_zip
 
-    monkeypatch.setenv("RESNET_HUB_ENGINE_CACHE", str(tmp_path / "engine-cache"))  # nothing converted yet
-    monkeypatch.setattr(engines, "_CONVERTED", {})
     data = colour_zip(tmp_path / "colours.zip", per_class=6)
     slot = TrainingSlot()
     jobs = FinetuneJobs(ModelRegistry(check_hub=False), slot)
@@ -408,7 +419,7 @@ def test_bases_prepared_at_start_make_the_first_runs_on_them_read_their_frozen_p
     jobs.prepare_bases(["run-one"], 32)
     time.sleep(1)
     assert slot.position(visitor_run) == 0 and slot.waiting == 0
-    assert not list((tmp_path / "engine-cache").glob("openvino-*/manifest.json"))
+    assert not list(empty_engine_cache.glob("openvino-*/manifest.json"))
     slot.leave(visitor_run)
     jobs.preparing_bases.join(240)
     assert not jobs.preparing_bases.is_alive() and not slot.busy
@@ -417,9 +428,7 @@ def test_bases_prepared_at_start_make_the_first_runs_on_them_read_their_frozen_p
         assert job.done.wait(240) and job.error is None, job.error
         notes = job.result.model.info.notes
         assert any(stages in n for n in notes), notes  # the default freeze for a small photo set, then head only
-        note = next(n for n in notes if n.startswith("frozen part"))  # 12 images: unprepared, torch would run it
-        assert note.startswith("frozen part on OpenVINO") and ("(already loaded in" in note  # this process converted it
-                                                           or "(read from the engine cache in" in note), note
+        assert_read_its_frozen_part(notes)
 
 
 def test_a_finetune_stopped_in_line_leaves_it_and_trains_nothing(home, tmp_path):
