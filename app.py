@@ -318,6 +318,7 @@ def _progress_line(event) -> str:
 
 
 CONFUSION_CORNER = "true \\ predicted"
+PER_CLASS_HEADERS = ["class", "precision", "recall", "F1", "support"]  # results.per_class's keys, as the table shows them
 ANY_CLASS = "(any)"
 
 
@@ -350,7 +351,7 @@ def results_view(job_id, browser_id=None, request: gr.Request = None, profile: g
     if review is None:
         return None, gr.Dropdown(choices=[ANY_CLASS], value=ANY_CLASS), gr.Dropdown(choices=[ANY_CLASS], value=ANY_CLASS), \
             None, ""
-    per_class = pd.DataFrame(review.results.per_class).rename(columns={"f1": "F1"})
+    per_class = pd.DataFrame(review.results.per_class).rename(columns={"f1": "F1"})[PER_CLASS_HEADERS]
     choices = [ANY_CLASS, *review.results.classes]
     images, caption = _mistakes(review, None, None)
     return per_class, gr.Dropdown(choices=choices, value=ANY_CLASS), gr.Dropdown(choices=choices, value=ANY_CLASS), \
@@ -813,7 +814,7 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
             label=f"Timings: batch-1 forward passes of this image, {COMPARE_RUNS} runs per model taken in turn "
                   f"(A, B, A, B ...) after 3 warm-up runs each; 'first call after load' is the cold first pass "
                   f"after the model was loaded into this server",
-            elem_id="compare-timings", wrap=True)
+            headers=["measure", "model A", "model B"], elem_id="compare-timings", wrap=True)
         timing_chart = gr.BarPlot(
             x="bar", y="ms", color="model", sort=[f"{m} {s}" for m in "AB" for s in LATENCY_STATS],
             title=f"Latency per image (ms): p10, median and p90 of {COMPARE_RUNS} runs", x_title="model A / B, statistic",
@@ -866,9 +867,9 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
                                             height=220, elem_id="accuracy-plot")
                 confusion = gr.Dataframe(label="Confusion matrix (validation; rows: true class, columns: predicted). "
                                                "Click a cell to see its images.", interactive=False,
-                                         elem_id="finetune-confusion")
+                                         headers=[CONFUSION_CORNER], elem_id="finetune-confusion")
                 per_class = gr.Dataframe(label="Per class (validation): precision, recall, F1, support",
-                                         interactive=False, elem_id="finetune-per-class")
+                                         interactive=False, headers=PER_CLASS_HEADERS, elem_id="finetune-per-class")
                 with gr.Row():
                     true_class = gr.Dropdown([ANY_CLASS], value=ANY_CLASS, label="True class",
                                              elem_id="finetune-true-class")

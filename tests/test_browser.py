@@ -178,6 +178,21 @@ def test_each_tab_opens(page, artifacts, tab):
     shoot(page, artifacts, f"tab-{tab.lower()}-idle")
 
 
+READ_HEADERS = "(root) => [...root.querySelectorAll('[role=columnheader]')].map(h => h.innerText.trim()).filter(t => t)"
+
+
+@pytest.mark.parametrize("tab, table, headers", [
+    ("Compare", "#compare-timings", ["measure", "model A", "model B"]),
+    ("Fine-tune", "#finetune-confusion", ["true \\ predicted"]),
+    ("Fine-tune", "#finetune-per-class", ["class", "precision", "recall", "F1", "support"]),
+])
+def test_before_any_result_a_table_shows_its_own_column_names(page, tab, table, headers):
+    """Not a placeholder '1 2 3' header row: the visitor sees what the table will hold."""
+    open_tab(page, tab)
+    page.locator(f"{table} [role=columnheader]").first.wait_for()
+    assert page.locator(table).evaluate(READ_HEADERS) == headers
+
+
 def test_offline_the_digit_examples_come_first_and_the_photos_say_what_they_are(page):
     open_tab(page, "Classify")
     page.get_by_text("Examples: real MNIST digits").first.wait_for()
