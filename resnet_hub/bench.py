@@ -89,15 +89,13 @@ class OpenVINOPeer:
         import nncf
         import openvino as ov
 
-        from .engines import quiet_stdout
-        from .openvino_runtime import core, keep_signal_stack
+        from .openvino_runtime import core, quantizing
 
         size = model.preprocessing.input_size
         ov_model = ov.convert_model(copy.deepcopy(model).float().eval(), example_input=torch.zeros(1, 3, size, size),
                                     input=[(-1, model.config.in_chans, size, size)])
         if precision == "int8":
-            nncf.set_log_level(__import__("logging").ERROR)
-            with quiet_stdout(), keep_signal_stack():  # NNCF compiles on Cores of its own
+            with quantizing():
                 ov_model = nncf.quantize(ov_model, nncf.Dataset([calibration[i : i + 1].numpy()
                                                                  for i in range(len(calibration))]),
                                          subset_size=len(calibration))

@@ -258,16 +258,12 @@ class OpenVINOEngine:
 
     @staticmethod
     def _quantize(ov_model, calibration: Tensor):
-        import logging
-
         import nncf
 
-        from .openvino_runtime import keep_signal_stack
+        from .openvino_runtime import quantizing
 
-        nncf.set_log_level(logging.ERROR)
         samples = [calibration[i : i + 1].numpy() for i in range(len(calibration))]
-        with warnings.catch_warnings(), quiet_stdout(), keep_signal_stack():  # NNCF compiles on Cores of its own
-            warnings.simplefilter("ignore")
+        with quantizing():
             return nncf.quantize(ov_model, nncf.Dataset(samples), subset_size=len(samples),
                                  preset=nncf.QuantizationPreset.PERFORMANCE)
 
@@ -355,14 +351,6 @@ def _compile_openvino(ov_model, precision: str, cache_dir: Path | None, hint: st
             raise
         shutil.rmtree(config.pop("CACHE_DIR"), ignore_errors=True)
         return core().compile_model(ov_model, "CPU", config), config
-
-
-def quiet_stdout():
-    """NNCF draws progress bars on stdout, where they would corrupt the CLI's --json output: discard them."""
-    import contextlib
-    import io
-
-    return contextlib.redirect_stdout(io.StringIO())
 
 
 _CONVERTED: dict[str, Any] = {}  # weights key -> converted fp32 OpenVINO model (the last few, in this process)

@@ -11,7 +11,7 @@ before faulthandler can print anything: CPython installs every handler with ``SA
 So the package makes one :func:`core` for the process, loads its CPU plugin at once and never
 destroys it (compiling on it then creates no plugin), and every call that makes Cores of its own
 (NNCF's quantization) runs under :func:`keep_signal_stack`, which gives the thread back the stack
-it had.
+it had, one at a time (:func:`quantizing`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ SS_ONSTACK = 1
 
 _CORE: Any = None
 _CORE_LOCK = threading.Lock()
+_QUANTIZING = threading.Lock()
 
 
 class _StackT(ctypes.Structure):  # Linux's stack_t
@@ -83,3 +84,34 @@ def core() -> Any:
                 created.get_property("CPU", "FULL_DEVICE_NAME")  # loads the plugin here, under the guard
             _CORE = created
         return _CORE
+
+
+@contextlib.contextmanager
+def quantizing() -> Iterator[None]:
+    """Run NNCF's quantization in the block: one at a time in the process (each makes Cores of its own, and two
+    plugins made and destroyed on two threads at once would leave a thread on an unmapped signal stack), on this
+    thread's own signal stack afterwards, with NNCF's log and warnings quiet and its progress bars drawn into a sink.
+
+    NNCF draws them on rich's global console, which writes to sys.stdout (there they would corrupt the CLI's --json
+    output). Only that console is pointed elsewhere: redirecting sys.stdout itself from one thread swallowed what
+    every other thread printed meanwhile (the app quantizes in the background while requests run), and two such
+    redirects ending out of order left sys.stdout on a dead buffer.
+    """
+    import io
+    import logging
+    import warnings
+
+    import nncf
+    from rich import get_console
+
+    with _QUANTIZING:
+        nncf.set_log_level(logging.ERROR)
+        console = get_console()
+        own_file = vars(console).get("_file")  # None: the console follows sys.stdout, as it must again after
+        console.file = io.StringIO()
+        try:
+            with warnings.catch_warnings(), keep_signal_stack():
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            console.file = own_file

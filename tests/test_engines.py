@@ -234,6 +234,55 @@ def test_openvino_engines_made_and_dropped_in_any_order_leave_signals_deliverabl
     assert "main thread's stack kept" in done.stdout, done.stdout
 
 
+def test_a_quantization_in_the_background_keeps_what_other_threads_print_and_draws_no_progress_bar(capsys):
+    """The app quantizes frozen parts in the background while requests run and the CLI prints its --json: a
+    redirect of sys.stdout for NNCF's progress bars swallowed both (a test of the CLI failed that way)."""
+    from rich import get_console
+
+    from resnet_hub.openvino_runtime import quantizing
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def quantize() -> None:
+        with quantizing():
+            get_console().print("Applying Fast Bias correction")  # where NNCF draws its bars
+            inside.set()
+            leave.wait(30)
+
+    worker = threading.Thread(target=quantize)
+    worker.start()
+    assert inside.wait(30)
+    print('{"results": "the CLI\'s answer"}')
+    leave.set()
+    worker.join(30)
+    out = capsys.readouterr().out
+    assert "the CLI's answer" in out and "Fast Bias" not in out
+    get_console().print("after")  # rich's console follows sys.stdout again
+    assert "after" in capsys.readouterr().out
+
+
+def test_quantizations_run_one_at_a_time():
+    from resnet_hub.openvino_runtime import quantizing
+
+    inside, peak, lock = [0], [0], threading.Lock()
+
+    def quantize() -> None:
+        with quantizing():
+            with lock:
+                inside[0] += 1
+                peak[0] = max(peak[0], inside[0])
+            time.sleep(0.05)
+            with lock:
+                inside[0] -= 1
+
+    workers = [threading.Thread(target=quantize) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(30)
+    assert peak[0] == 1
+
+
 # --- the cache ---------------------------------------------------------------------------
 
 
