@@ -8,6 +8,7 @@ and streams its events; training always works on its own copy of the weights.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import itertools
@@ -21,6 +22,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,43 @@ MAX_LOADED_MODELS = 6
 MAX_LOADED_BYTES = 1_000 * 10**6  # parameters and buffers, as loaded (ResNet-50 in fp32: ~100 MB)
 LOCAL = Visitor.local()
 _UNCHECKED = object()
+
+# The frozen parts converted in the background (OpenVINO, NNCF: threads of their own in C++) must not be cut off
+# by the interpreter's exit, nor outlive it in a thread that converted: the process then aborts ("terminate called
+# without an active exception", exit 134; seen on Ctrl-C while the app prepared its bases). Exit waits for the
+# conversion under way, converts nothing more, and lets each thread that prepares end.
+_EXITING = threading.Event()
+_CONVERTING = threading.Lock()
+_PREPARERS: set[threading.Thread] = set()
+
+
+@contextmanager
+def _background_conversion() -> Iterator[bool]:
+    """Held while a background thread converts; yields False once the interpreter is exiting: convert nothing."""
+    with _CONVERTING:
+        yield not _EXITING.is_set()
+
+
+def _start_preparer(target: Callable[[], None], name: str) -> threading.Thread:
+    def run() -> None:
+        try:
+            target()
+        finally:
+            _PREPARERS.discard(threading.current_thread())
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    _PREPARERS.add(thread)
+    thread.start()
+    return thread
+
+
+@atexit.register
+def _let_the_preparers_finish(timeout_s: float = 120, join_s: float = 2) -> None:
+    _EXITING.set()
+    if _CONVERTING.acquire(timeout=timeout_s):
+        _CONVERTING.release()
+    for thread in list(_PREPARERS):  # one that only waits (for a starter, for the slot) is left after join_s
+        thread.join(join_s)
 
 
 class ServiceError(ResNetHubError, ValueError):
@@ -542,6 +581,7 @@ class FinetuneJobs:
         self.prepare_frozen_parts = prepare_frozen_parts
         self.preparing: threading.Thread | None = None
         self.preparing_bases: threading.Thread | None = None  # prepare_bases's, at the app's start
+        self._closed = threading.Event()  # close(): prepare nothing more
         self._lock = threading.Lock()
         self.active: Job | None = None  # the latest job started
         self._jobs: dict[str, Job] = {}  # waiting or training
@@ -635,16 +675,17 @@ class FinetuneJobs:
 
         def prepare() -> None:
             try:
-                with self.slot.turn(f"preparing the frozen part of {job.folder.name}'s base for the next run") as mine:
-                    if mine:
+                with self.slot.turn(f"preparing the frozen part of {job.folder.name}'s base for the next run") as mine, \
+                        _background_conversion() as may:
+                    if mine and may and not self._closed.is_set():
                         lower_this_threads_priority()
                         note = prepare_frozen_part(model, job.dataset.kind, job.config.precision)
                         logger.info("after %s: %s", job.folder.name, note or "its frozen part was already prepared")
             except Exception:  # noqa: BLE001 - a failed preparation costs the next run speed, never the app
-                logger.exception("preparing the frozen part after %s failed", job.folder.name)
+                if not _EXITING.is_set():
+                    logger.exception("preparing the frozen part after %s failed", job.folder.name)
 
-        self.preparing = threading.Thread(target=prepare, name="resnet-hub-prepare", daemon=True)
-        self.preparing.start()
+        self.preparing = _start_preparer(prepare, "resnet-hub-prepare")
 
     def prepare_bases(self, choices: Sequence[str], image_size: int) -> None:
         """In the background, convert the frozen parts that a first fine-tune of a small photo zip at ``image_size``
@@ -656,18 +697,31 @@ class FinetuneJobs:
         def prepare() -> None:
             lower_this_threads_priority()
             for choice in choices:
+                if self._closed.is_set() or _EXITING.is_set():
+                    return
                 try:
                     source = self.registry.base_source(choice)  # a starter is built first
-                    self.slot.wait_until_free()
-                    with self.slot.turn(f"preparing {DISPLAY.get(choice, choice)}'s frozen parts for fine-tunes") as mine:
-                        if mine:
+                    while not self.slot.wait_until_free(timeout=0.5):
+                        if self._closed.is_set() or _EXITING.is_set():
+                            return
+                    with self.slot.turn(f"preparing {DISPLAY.get(choice, choice)}'s frozen parts for fine-tunes") as mine, \
+                            _background_conversion() as may:
+                        if mine and may:
                             notes = prepare_base(source, image_size)
                             logger.info("prepared %s for fine-tunes: %s", choice, "; ".join(notes) or "already done")
                 except Exception:  # noqa: BLE001 - a failed preparation costs the first runs speed, never the app
-                    logger.exception("preparing the frozen parts of %s failed", choice)
+                    if not _EXITING.is_set():
+                        logger.exception("preparing the frozen parts of %s failed", choice)
 
-        self.preparing_bases = threading.Thread(target=prepare, name="resnet-hub-prepare-bases", daemon=True)
-        self.preparing_bases.start()
+        self.preparing_bases = _start_preparer(prepare, "resnet-hub-prepare-bases")
+
+    def close(self, timeout_s: float = 120) -> None:
+        """Prepare nothing more, and wait (at most ``timeout_s``) for a preparation under way: what an app that is
+        closed but whose process goes on (a test's) does, so no conversion outlives it."""
+        self._closed.set()
+        for thread in (self.preparing_bases, self.preparing):
+            if thread is not None:
+                thread.join(timeout_s)
 
     def stream(self, job: Job, interval_s: float = 0.5) -> Iterator[list[Event]]:
         """Batches of new events, at most every ``interval_s``, until the job ends."""

@@ -74,6 +74,7 @@ def running_app(root: Path) -> Iterator[RunningApp]:
         yield RunningApp(app, url, Client(url, verbose=False), home, gradio_tmp)
     finally:
         if app is not None:
+            app.jobs.close()  # its background preparations end before the environment they read is restored
             app.demo.close()
         sys.modules.pop("app", None)
         constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE = saved_hub

@@ -431,6 +431,23 @@ def test_bases_prepared_at_start_make_the_first_runs_on_them_read_their_frozen_p
         assert_read_its_frozen_part(notes)
 
 
+@needs_openvino
+def test_closed_jobs_prepare_nothing_more_and_leave_no_preparation_running(home, stored, empty_engine_cache):
+    """What the test harness does before it restores the environment an app read: a preparation left running
+    went on to build starters in the user's own store, and the process aborted at exit inside it."""
+    slot = TrainingSlot()
+    jobs = FinetuneJobs(ModelRegistry(check_hub=False), slot)
+    visitor_run = slot.enter("a visitor's run")
+    jobs.prepare_bases(["run-one"], 32)  # waits for the slot
+    time.sleep(1)
+    start = time.perf_counter()
+    jobs.close()
+    assert not jobs.preparing_bases.is_alive() and time.perf_counter() - start < 10
+    slot.leave(visitor_run)
+    time.sleep(1)
+    assert not slot.busy and not list(empty_engine_cache.glob("openvino-*/manifest.json"))
+
+
 def test_a_finetune_stopped_in_line_leaves_it_and_trains_nothing(home, tmp_path):
     from .test_app import colour_zip
 
