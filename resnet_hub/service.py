@@ -22,8 +22,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -675,8 +675,8 @@ class FinetuneJobs:
 
         def prepare() -> None:
             try:
-                with self.slot.turn(f"preparing the frozen part of {job.folder.name}'s base for the next run") as mine, \
-                        _background_conversion() as may:
+                what = f"preparing the frozen part of {job.folder.name}'s base for the next run"
+                with self.slot.turn(what) as mine, _background_conversion() as may:
                     if mine and may and not self._closed.is_set():
                         lower_this_threads_priority()
                         note = prepare_frozen_part(model, job.dataset.kind, job.config.precision)
@@ -697,15 +697,15 @@ class FinetuneJobs:
         def prepare() -> None:
             lower_this_threads_priority()
             for choice in choices:
-                if self._closed.is_set() or _EXITING.is_set():
+                if self._stopping():
                     return
                 try:
                     source = self.registry.base_source(choice)  # a starter is built first
                     while not self.slot.wait_until_free(timeout=0.5):
-                        if self._closed.is_set() or _EXITING.is_set():
+                        if self._stopping():
                             return
-                    with self.slot.turn(f"preparing {DISPLAY.get(choice, choice)}'s frozen parts for fine-tunes") as mine, \
-                            _background_conversion() as may:
+                    what = f"preparing {DISPLAY.get(choice, choice)}'s frozen parts for fine-tunes"
+                    with self.slot.turn(what) as mine, _background_conversion() as may:
                         if mine and may:
                             notes = prepare_base(source, image_size)
                             logger.info("prepared %s for fine-tunes: %s", choice, "; ".join(notes) or "already done")
@@ -714,6 +714,9 @@ class FinetuneJobs:
                         logger.exception("preparing the frozen parts of %s failed", choice)
 
         self.preparing_bases = _start_preparer(prepare, "resnet-hub-prepare-bases")
+
+    def _stopping(self) -> bool:
+        return self._closed.is_set() or _EXITING.is_set()
 
     def close(self, timeout_s: float = 120) -> None:
         """Prepare nothing more, and wait (at most ``timeout_s``) for a preparation under way: what an app that is
