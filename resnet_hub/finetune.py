@@ -884,7 +884,8 @@ def _data_on_device(dataset, preprocessing, indices, device) -> tuple[Tensor, Te
 def _decoded(dataset: ImageDataset, indices, preprocessing: Preprocessing, device: torch.device,
              chunk: int = 512) -> tuple[Tensor, Tensor]:
     """The images resized and cropped by inference's own pipeline (:func:`~resnet_hub.images.to_tensor_batch`:
-    eval_transform's pixels, on every core), ``chunk`` at a time so host memory holds one chunk, on ``device``."""
+    eval_transform's pixels, on every core), on ``device``: on a CPU in one batch, elsewhere ``chunk`` at a time so
+    host memory holds one chunk."""
     indices = list(indices)
     y = torch.tensor([dataset.targets[i] for i in indices], dtype=torch.int64, device=device)
     if device.type == "cpu":  # host memory holds the whole set anyway: no staging copy
