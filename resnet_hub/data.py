@@ -24,7 +24,6 @@ import io
 import os
 import re
 import stat
-import warnings
 import zipfile
 import zlib
 from collections import Counter
@@ -347,10 +346,10 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ZipLim
 def _peek(data: bytes) -> tuple[str, tuple[int, int]] | None:
     """(mode, size) from an image's header, or None when the bytes are in no format that load_image reads."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # bomb-sized headers are load_image's to refuse, with its message
-            with Image.open(io.BytesIO(data), formats=_PEEK_FORMATS) as im:
-                return im.mode, im.size
+        # No warnings filter here: this runs on the decode threads (see resnet_hub.quiet). A header over Pillow's
+        # own limit makes it warn, and load_image then refuses the image with its message.
+        with Image.open(io.BytesIO(data), formats=_PEEK_FORMATS) as im:
+            return im.mode, im.size
     except UnidentifiedImageError:
         return None
     except Exception:  # noqa: BLE001 - a recognised but broken header: load_image explains it

@@ -32,7 +32,6 @@ import statistics
 import threading
 import time
 import uuid
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -45,6 +44,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .errors import ResNetHubError
 from .hardware import DTYPES, cpu_has_fast_bf16, cpu_has_int8, cpu_model_name, fast_precisions, synchronize
 from .model import Bottleneck, ResNet
+from .quiet import quiet_warnings
 
 ENGINES = ("auto", "torch", "openvino")
 MAX_REL_ERROR = 0.1  # relative logit error against fp32 that a candidate may have
@@ -123,10 +123,8 @@ def quantize_int8(model: ResNet, calibration: Tensor) -> nn.Module:
 
     torch.backends.quantized.engine = "x86"
     float_model = WithFeatures(copy.deepcopy(model).float().eval().to("cpu")).eval()
-    with warnings.catch_warnings():
-        # torch.ao's FX API warns that it is deprecated; in torch 2.14 it is still the working int8 path.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
+    # torch.ao's FX API warns that it is deprecated; in torch 2.14 it is still the working int8 path.
+    with quiet_warnings(DeprecationWarning, UserWarning):
         prepared = prepare_fx(float_model, get_default_qconfig_mapping("x86"), (calibration[:1],))
         with torch.inference_mode():
             for chunk in calibration.split(32):
@@ -380,8 +378,7 @@ def convert_cached(module: Callable[[], nn.Module], input_shape: tuple[int, ...]
     if ov_model is None:
         source = "converted"
         try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
+            with quiet_warnings(), torch.no_grad():
                 ov_model = ov.convert_model(module(), example_input=torch.zeros(1, *input_shape),
                                             input=[(-1, *input_shape)])
         except Exception as e:  # noqa: BLE001 - any conversion failure means: fall back to torch

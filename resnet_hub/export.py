@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from .errors import ResNetHubError
+from .quiet import quiet_warnings
 from .weights import HubResNet
 
 ONNX_OPSET = 17  # onnxruntime 1.16+ runs it; every op a ResNet needs is in it
@@ -61,9 +61,8 @@ def export_onnx(model: HubResNet, path: str | os.PathLike, *, opset: int = ONNX_
     tmp = Path(tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)[1])
     try:
         try:
-            with warnings.catch_warnings():
-                # torch 2.14 calls the TorchScript exporter legacy; its dynamo successor needs onnxscript, not installed.
-                warnings.simplefilter("ignore")
+            # torch 2.14 calls the TorchScript exporter legacy; its dynamo successor needs onnxscript, not installed.
+            with quiet_warnings():
                 torch.onnx.export(cpu, (images[:1],), str(tmp), dynamo=False, opset_version=opset,
                                   input_names=["pixel_values"], output_names=["logits"],
                                   dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}})

@@ -14,7 +14,6 @@ import functools
 import io
 import os
 import re
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -191,26 +190,32 @@ def _decode(data: bytes, label: str, max_pixels: int, max_bytes: int, draft: int
     if len(data) > max_bytes:
         raise ImageError(_too_many_bytes(label, len(data), max_bytes))
     fmt = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as img:
-                fmt = img.format
-                # Image.open only parsed the header: refuse bombs before a single pixel is decoded.
-                if img.width * img.height > max_pixels:
-                    raise ImageError(_too_many_pixels(label, img.width, img.height, max_pixels))
-                if draft and img.format in ("JPEG", "MPO") and min(img.size) >= 2 * draft:
-                    img.draft("RGB", (draft, draft))  # the DCT itself scales: the shorter side stays >= draft
-                return _decode_pixels(img, label)
-        except ImageError:
-            raise
-        except Image.UnidentifiedImageError:
-            raise ImageError(
-                f"{label}{_sniff(data)} is not an image Pillow can read safely: allowed formats are "
-                f"{_ALLOWED_LIST}; convert it to PNG or JPEG"
-            ) from None
-        except Exception as e:  # noqa: BLE001 - a malformed file can make a Pillow plugin raise almost anything
-            raise _decoding_error(e, label, fmt, max_pixels) from None
+    max_pixels = _pixel_limit(max_pixels)
+    # No warnings filter here: decoding runs on several threads at once (see resnet_hub.quiet). Pillow raises on a
+    # header over twice its own limit and only warns between the two; the check below refuses those.
+    try:
+        with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as img:
+            fmt = img.format
+            # Image.open only parsed the header: refuse bombs before a single pixel is decoded.
+            if img.width * img.height > max_pixels:
+                raise ImageError(_too_many_pixels(label, img.width, img.height, max_pixels))
+            if draft and img.format in ("JPEG", "MPO") and min(img.size) >= 2 * draft:
+                img.draft("RGB", (draft, draft))  # the DCT itself scales: the shorter side stays >= draft
+            return _decode_pixels(img, label)
+    except ImageError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise ImageError(
+            f"{label}{_sniff(data)} is not an image Pillow can read safely: allowed formats are "
+            f"{_ALLOWED_LIST}; convert it to PNG or JPEG"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - a malformed file can make a Pillow plugin raise almost anything
+        raise _decoding_error(e, label, fmt, max_pixels) from None
+
+
+def _pixel_limit(max_pixels: int) -> int:
+    """The caller's limit, capped by Pillow's own ``Image.MAX_IMAGE_PIXELS`` (None: Pillow sets no limit)."""
+    return min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
 
 
 def _from_pil(img: Image.Image, label: str, max_pixels: int) -> Image.Image:
@@ -219,16 +224,15 @@ def _from_pil(img: Image.Image, label: str, max_pixels: int) -> Image.Image:
             f"{label}: a {img.format} image is not decoded here, for safety: allowed formats are "
             f"{_ALLOWED_LIST}; convert it to PNG or JPEG"
         )
+    max_pixels = _pixel_limit(max_pixels)
     if img.width * img.height > max_pixels:
         raise ImageError(_too_many_pixels(label, img.width, img.height, max_pixels))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            return _decode_pixels(img, label)
-        except ImageError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a lazily opened image decodes here, with the same risks as bytes
-            raise _decoding_error(e, label, img.format, max_pixels) from None
+    try:
+        return _decode_pixels(img, label)
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a lazily opened image decodes here, with the same risks as bytes
+        raise _decoding_error(e, label, img.format, max_pixels) from None
 
 
 def _decode_pixels(img: Image.Image, label: str) -> Image.Image:

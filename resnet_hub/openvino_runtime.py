@@ -23,6 +23,8 @@ import sys
 import threading
 from typing import Any, Iterator
 
+from .quiet import quiet_warnings
+
 SS_ONSTACK = 1
 
 _CORE: Any = None
@@ -99,7 +101,6 @@ def quantizing() -> Iterator[None]:
     """
     import io
     import logging
-    import warnings
 
     import nncf
     from rich import get_console
@@ -110,8 +111,7 @@ def quantizing() -> Iterator[None]:
         own_file = vars(console).get("_file")  # None: the console follows sys.stdout, as it must again after
         console.file = io.StringIO()
         try:
-            with warnings.catch_warnings(), keep_signal_stack():
-                warnings.simplefilter("ignore")
+            with quiet_warnings(), keep_signal_stack():
                 yield
         finally:
             console.file = own_file

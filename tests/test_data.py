@@ -7,7 +7,9 @@ import os
 import socket
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +82,14 @@ def test_zip_of_class_folders_gives_sorted_classes_and_matching_targets(tmp_path
     for image, target in zip(dataset.images, dataset.targets):
         assert image.mode == "RGB"
         np.testing.assert_allclose(mean_color(image), colors[target], atol=6)  # JPEG is lossy
+
+
+def test_reading_zips_on_many_threads_leaves_the_process_warning_filters_as_they_were(tmp_path):
+    archive = write_zip(tmp_path / "pets.zip", pets())
+    before = list(warnings.filters)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: read_zip(archive), range(200)))
+    assert warnings.filters == before
 
 
 def test_single_top_level_folder_wrapping_the_class_folders_is_peeled_off(tmp_path):
