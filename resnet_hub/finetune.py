@@ -36,7 +36,7 @@ from .finetune_config import (  # noqa: F401 - re-exported
     FinetuneConfig,
     FinetuneError,
 )
-from .hardware import DTYPES, device_name, resolve_device, resolve_precision, synchronize
+from .hardware import DTYPES, device_name, resolve_device, resolve_precision, synchronize, zero_gpu_space
 from .images import to_tensor_batch
 from .metadata import Preprocessing
 from .model import ARCHITECTURES, UnknownArchitectureError
@@ -567,7 +567,8 @@ def prepare_frozen_part(model: HubResNet, kind: str, precision: str = "auto") ->
     from . import engines
 
     autocast = _autocast_args(torch.device("cpu"), resolve_precision(precision, torch.device("cpu"))[0])
-    if model.frozen_stages < 0 or engines.openvino_available() or next(model.parameters()).device.type != "cpu":
+    if (model.frozen_stages < 0 or engines.openvino_available() or next(model.parameters()).device.type != "cpu"
+            or _runs_train_on_a_gpu()):
         return ""
     p = model.preprocessing
     key, _ = _frozen_identity(model, (len(p.mean), p.input_size, p.input_size))
@@ -584,7 +585,7 @@ def prepare_base(base: str, image_size: int, kind: str = "photo", precision: str
     stage frozen), so that run reads them instead of running torch. What the app does at start for its default
     bases. Returns a note per part converted ([] when each was already there, or when runs would train on a GPU,
     where torch runs the frozen part)."""
-    if _run_device("auto").type != "cpu":
+    if _runs_train_on_a_gpu():
         return []
     model = load(base, device="cpu")
     model.info.preprocessing = dataclasses.replace(model.info.preprocessing, input_size=image_size)
@@ -595,6 +596,12 @@ def prepare_base(base: str, image_size: int, kind: str = "photo", precision: str
         if note:
             notes.append(f"freeze {stages}: {note}")
     return notes
+
+
+def _runs_train_on_a_gpu() -> bool:
+    """Whether fine-tunes here train on a GPU (where torch computes the frozen part): CUDA is visible, or will be
+    inside ``@spaces.GPU`` on a ZeroGPU Space. Converting CPU parts there would only cost the app's start its CPU."""
+    return _run_device("auto").type != "cpu" or zero_gpu_space()
 
 
 def _conversion_pays(torch_fn: Callable[[Tensor], Tensor], probe: Tensor, passes: int, record: Path, size: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -81,6 +82,12 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def zero_gpu_space() -> bool:
+    """A ZeroGPU Space: a GPU is attached only while a function decorated with ``@spaces.GPU`` runs, so CUDA is not
+    visible at start, yet the app's fine-tunes train on it (the ``spaces`` package reads the same variable)."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
 
 
 @functools.cache

@@ -432,6 +432,20 @@ def test_bases_prepared_at_start_make_the_first_runs_on_them_read_their_frozen_p
 
 
 @needs_openvino
+def test_on_a_zerogpu_space_the_bases_are_not_prepared_for_a_cpu_their_runs_never_use(home, stored, monkeypatch,
+                                                                                      empty_engine_cache):
+    """There CUDA is attached only inside @spaces.GPU, where the fine-tunes run and torch computes the frozen part:
+    converting CPU parts at start cost ~14 s of the Space's CPU for nothing."""
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    slot = TrainingSlot()
+    jobs = FinetuneJobs(ModelRegistry(check_hub=False), slot)
+    jobs.prepare_bases(["run-one"], 32)
+    jobs.preparing_bases.join(240)
+    assert not jobs.preparing_bases.is_alive() and not slot.busy
+    assert not list(empty_engine_cache.glob("openvino-*/manifest.json"))
+
+
+@needs_openvino
 def test_closed_jobs_prepare_nothing_more_and_leave_no_preparation_running(home, stored, empty_engine_cache):
     """What the test harness does before it restores the environment an app read: a preparation left running
     went on to build starters in the user's own store, and the process aborted at exit inside it."""
