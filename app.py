@@ -85,7 +85,7 @@ def _starter_progress(progress: gr.Progress):
 def _with_input_note(info: str, note: str) -> str:
     """A photo sent to a digit model is said first and loudly; other notes follow the timing."""
     if note.startswith(PHOTO_TO_DIGITS):
-        gr.Warning(note, duration=None)
+        gr.Warning(note, duration=12)  # the same words stay on the page, under the answer it would cover
         return f"**{note}.**\n\n{info}"
     return f"{info} · {note}" if note else info
 

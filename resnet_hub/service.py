@@ -494,8 +494,7 @@ class ModelRegistry:
         predictors = [self.predictor(c, on_progress, visitor) for c in choices]
         fewest = min(p.num_classes for p in predictors)
         result = compare(picture, predictors, top_k=min(top_k or 5, fewest), runs=runs)
-        notes = list(dict.fromkeys(n for p in predictors if (n := input_note(picture, p))))
-        return dataclasses.replace(result, notes=result.notes + notes)
+        return dataclasses.replace(result, notes=result.notes + input_notes(picture, predictors))
 
 
 def _is_hub_id(source: str) -> bool:
@@ -518,6 +517,20 @@ def _model_bytes(predictor: Predictor) -> int:
                         if isinstance(t, torch.Tensor)})
         return sum(tensors.values())
     return own * 2 if engine is not None else own  # a compiled copy outside torch: about the weights' size again
+
+
+def input_notes(picture: Image.Image, predictors: Sequence[Predictor]) -> list[str]:
+    """:func:`input_note` for several models seeing one picture, each said once: a photo sent to several digit
+    models is one notice naming them all (it was one per model, the last model's first)."""
+    notes = [input_note(picture, p) for p in predictors]
+    photo = [p for p, n in zip(predictors, notes) if n.startswith(PHOTO_TO_DIGITS)]
+    if len(photo) > 1:
+        labels = {tuple(p.labels) for p in photo}
+        digits = f"the digits {', '.join(photo[0].labels)}" if len(labels) == 1 else "their digits"
+        merged = (f"{PHOTO_TO_DIGITS}: {' and '.join(p.name for p in photo)} know only {digits}, so their answers "
+                  f"say nothing about the photo")
+        notes = [merged if n.startswith(PHOTO_TO_DIGITS) else n for n in notes]
+    return list(dict.fromkeys(n for n in notes if n))
 
 
 def input_note(picture: Image.Image, predictor: Predictor) -> str:

@@ -119,6 +119,21 @@ def test_a_digit_model_says_a_photo_answer_means_nothing(home, saved_models):
     assert input_note(photo, predictor) == ""
 
 
+def test_a_photo_sent_to_two_digit_models_is_one_notice_naming_both_in_order(home, saved_models):
+    import skimage.data
+
+    from resnet_hub.predict import Predictor
+    from resnet_hub.service import input_note, input_notes
+
+    a, b = (Predictor(saved_models[arch], "cpu", "fp32") for arch in ("resnet18", "resnet50"))
+    for predictor in (a, b):
+        predictor.model.info.training["kind"] = "digits"
+    photo = Image.fromarray(skimage.data.chelsea())
+    notes = input_notes(photo, [a, b])
+    assert len(notes) == 1 and notes[0].startswith(f"{PHOTO_TO_DIGITS}: {a.name} and {b.name} know only the digits")
+    assert input_notes(photo, [b]) == [input_note(photo, b)]  # one model: its own notice, naming it
+
+
 # -- the starters, trained in the background ----------------------------------------------------------
 
 
