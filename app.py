@@ -283,8 +283,9 @@ def accuracy_curves(history) -> pd.DataFrame | None:
     """Training accuracy per step and validation accuracy per epoch, on a 0-1 axis."""
     rows = [(e.images, "train accuracy", e.train_accuracy) for e in history
             if e.kind == "step" and e.train_accuracy is not None]
+    # Before training (epoch 0), after each epoch, and where a stopped run was validated.
     rows += [(e.images, "validation accuracy", e.val_accuracy) for e in history
-             if e.kind == "epoch" and e.val_accuracy is not None]
+             if e.kind in ("epoch", "stopped") and e.val_accuracy is not None]
     return _curve_frame(rows, "accuracy", ACCURACY_SERIES)
 
 
@@ -343,6 +344,12 @@ def confusion_table(matrix, labels):
         return colours
 
     return frame.style.apply(shade)
+
+
+def confusion_widths(labels) -> list[str]:
+    """Column widths for the matrix: Gradio sizes a column to its header and menu button (57 px for a digit), so
+    ten classes overflowed the results column and put the last one out of sight; long names wrap."""
+    return ["96px"] + ["48px"] * len(labels)
 
 
 def results_view(job_id, browser_id=None, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
@@ -496,14 +503,29 @@ def train(data_zip, use_mnist, base, epochs, lr, freeze, name, seed=0, browser_i
         return
     stopped = (f"**{result.reason.capitalize()} at epoch {result.stopped_at['epoch']}, step {result.stopped_at['step']} "
                f"of {result.stopped_at['total_steps']}: kept what it had learned.** ") if result.stopped_at else ""
-    summary = (f"{stopped}**Validation accuracy {result.val_accuracy:.2%}** on {len(result.confusion_matrix)} classes; "
-               f"{result.images_per_s:.0f} images/s. Saved as `{job.folder.name}`: now in the Classify and Compare choosers.")
+    summary = (f"{stopped}**Validation accuracy {result.val_accuracy:.2%}**{_against_the_start(history, result)} on "
+               f"{len(result.confusion_matrix)} classes; {result.images_per_s:.0f} images/s. Saved as "
+               f"`{job.folder.name}`: now in the Classify and Compare choosers.")
     notes = "".join(f"\n\n_{n}_" for n in result.model.info.notes)
-    table = confusion_table(result.confusion_matrix, result.model.labels)
+    table = gr.Dataframe(confusion_table(result.confusion_matrix, result.model.labels),
+                         column_widths=confusion_widths(result.model.labels))
     files, export_note = model_downloads(job.folder)
     # job.id stays in the page's state: the results view below reads this run's mistakes by it.
     yield job.id, summary + notes + f"\n\n_{export_note}_", loss_curve(history), accuracy_curves(history), table, \
         [str(f) for f in files], _idle(), *_choices_update(visitor)
+
+
+def _against_the_start(history, result) -> str:
+    """The validation accuracy the run started from, and a warning when it ends below it (a trained model continued
+    at a learning rate made for a new head can lose what it knew)."""
+    before = next((e.val_accuracy for e in history if e.kind == "epoch" and e.epoch == 0 and e.val_accuracy is not None),
+                  None)
+    if before is None:
+        return ""
+    if result.val_accuracy < before:
+        return (f" (**lower than the {before:.2%} it started from**: a trained model usually needs a smaller "
+                f"learning rate to improve, or fewer epochs)")
+    return f" (from {before:.2%} before training)"
 
 
 def stop(job_id):
@@ -867,7 +889,7 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
                                             height=220, elem_id="accuracy-plot")
                 confusion = gr.Dataframe(label="Confusion matrix (validation; rows: true class, columns: predicted). "
                                                "Click a cell to see its images.", interactive=False,
-                                         headers=[CONFUSION_CORNER], elem_id="finetune-confusion")
+                                         headers=[CONFUSION_CORNER], wrap=True, elem_id="finetune-confusion")
                 per_class = gr.Dataframe(label="Per class (validation): precision, recall, F1, support",
                                          interactive=False, headers=PER_CLASS_HEADERS, elem_id="finetune-per-class")
                 with gr.Row():
@@ -876,7 +898,7 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
                     predicted_class = gr.Dropdown([ANY_CLASS], value=ANY_CLASS, label="Predicted as",
                                                   elem_id="finetune-predicted-class")
                 mistakes_caption = gr.Markdown(elem_id="finetune-mistakes-caption")
-                mistakes = gr.Gallery(label="Misclassified validation images, most confident first", columns=6,
+                mistakes = gr.Gallery(label="Misclassified validation images, most confident first", columns=4,
                                       height="auto", preview=False, object_fit="scale-down",
                                       elem_id="finetune-mistakes")
                 download = gr.File(label="Download: the weights (a zip of model.safetensors + config.json + "

@@ -74,7 +74,7 @@ TRUNK_CHECK_IMAGES = 4  # the OpenVINO frozen part's features are checked agains
 class Event:
     """One report from a run: the CLI draws a progress bar from these, the app live curves."""
 
-    kind: str  # "start", "cached" (frozen features ready), "step", "epoch", "done", "stopped"
+    kind: str  # "start", "cached" (frozen features ready), "step", "epoch" (epoch 0: before training), "done", "stopped"
     step: int
     total_steps: int
     epoch: int
@@ -777,6 +777,10 @@ def finetune(
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = _make_optimizer(model, config)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    if config.val_every_epoch:  # where the curve starts: chance for a new head, the source's own for a continued model
+        val_acc, _ = evaluate(evaluated, x_val, y_val, autocast)
+        report(Event("epoch", 0, total_steps, 0, config.epochs, val_accuracy=val_acc, lr=0.0,
+                     message=f"before training: validation accuracy {val_acc:.2%}"))
 
     step, seen, stopped_reason = 0, 0, ""
     val_acc, epoch, lr = None, 0, 0.0

@@ -577,8 +577,9 @@ class RunReview:
     def mistakes(self, true: str | None = None, predicted: str | None = None) -> list[tuple[Image.Image, str]]:
         """(image, caption) of the misclassified validation images of one confusion-matrix cell (None: any
         class), most confident first."""
-        return [(self.thumbnails[m.index], f"{m.name}: {self.results.classes[m.true]} seen as "
-                 f"{self.results.classes[m.predicted]} ({m.confidence:.0%})")
+        # What was mistaken for what first: a gallery cuts a long caption at its end.
+        return [(self.thumbnails[m.index], f"{self.results.classes[m.true]} seen as {self.results.classes[m.predicted]} "
+                 f"({m.confidence:.0%}): {m.name}")
                 for m in self.results.mistakes(true, predicted) if m.index in self.thumbnails]
 
 

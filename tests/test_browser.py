@@ -399,6 +399,27 @@ def test_clicking_a_confusion_cell_shows_its_misclassified_images_with_per_class
     assert expected in caption.inner_text()
 
 
+def test_ten_classes_fit_the_results_column_and_one_epoch_draws_its_validation_line_from_the_start(
+        page, artifacts, tmp_path):
+    """A 10-class matrix overflowed the column (the last class out of sight); one epoch's validation accuracy was
+    one point, which a line plot does not draw; a gallery caption cut at its end hid what was mistaken for what."""
+    classes = tuple("abcdefghij")
+    status = train_in_the_browser(page, artifacts, noise_zip(tmp_path / "ten.zip", classes, per_class=10), epochs=1)
+    assert re.search(r"Validation accuracy [\d.]+% \((from [\d.]+% before training|lower than the [\d.]+% it "
+                     r"started from)", status), status
+    page.wait_for_function(f"() => document.querySelectorAll('#finetune-confusion {BODY_ROWS}').length === 10")
+    fits = page.locator("#finetune-confusion").evaluate(
+        "root => { const box = root.getBoundingClientRect(); return [...root.querySelectorAll('thead th')]"
+        ".map(th => [th.innerText.trim(), th.getBoundingClientRect().right <= box.right + 1]) }")
+    assert [name for name, _ in fits] == ["true \\ predicted", *classes] and all(inside for _, inside in fits), fits
+    validation = [line for line in drawn_lines(page, "#accuracy-plot") if line["stroke"] not in ("", "none")]
+    assert len(validation) == 2 and all(line["points"] >= 2 for line in validation), validation
+    page.wait_for_function("() => document.querySelectorAll('#finetune-mistakes img').length > 0")
+    shoot(page, artifacts, "tab-fine-tune-ten-classes")
+    captions = page.locator("#finetune-mistakes").inner_text()
+    assert re.search(r"^[a-j] seen as [a-j] \(\d+%\): [a-j]/", captions, re.MULTILINE), captions
+
+
 def test_finetune_draws_its_curves_saves_without_overwriting_and_lists_the_model_after_a_reload(
         page, artifacts, running_app, tmp_path):
     data = colour_zip(tmp_path / "colours.zip", per_class=30)

@@ -96,16 +96,18 @@ def test_a_short_run_on_digits_learns_well_over_chance(digits_run):
     assert result.val_accuracy > 0.5  # chance is 0.1 for 10 classes
 
 
-def test_events_run_start_then_steps_and_one_epoch_report_per_epoch_then_done(digits_run):
+def test_events_run_start_then_a_validation_before_training_then_steps_and_one_epoch_report_per_epoch_then_done(
+        digits_run):
     dataset, config, result, recorder = digits_run
     steps_per_epoch = math.ceil(len(stratified_split(dataset, config.val_fraction, config.seed)[0]) / config.batch_size)
-    assert recorder.kinds() == ["start"] + (["step"] * steps_per_epoch + ["epoch"]) * config.epochs + ["done"]
+    assert recorder.kinds() == ["start", "epoch"] + (["step"] * steps_per_epoch + ["epoch"]) * config.epochs + ["done"]
     assert recorder.events == result.history
     total = steps_per_epoch * config.epochs
     assert all(e.total_steps == total for e in recorder.events)
     assert [e.step for e in recorder.steps()] == list(range(1, total + 1))
     epochs = [e for e in recorder.events if e.kind == "epoch"]
-    assert [e.epoch for e in epochs] == list(range(1, config.epochs + 1))
+    assert [e.epoch for e in epochs] == list(range(0, config.epochs + 1))  # epoch 0: where the curve starts
+    assert (epochs[0].step, epochs[0].images) == (0, 0) and epochs[0].message.startswith("before training: ")
     assert all(0 <= e.val_accuracy <= 1 for e in epochs)
     assert recorder.events[-1].val_accuracy == result.val_accuracy
 
