@@ -571,16 +571,22 @@ LAB_TEXT = {
         "over-fitting: it fits its own training digits worse), while the deeper **residual** net ends no worse "
         "than the shallower one. Curves: the running training error, per net, mean over the seeds."),
     "gradients": (
-        "**Gradients at initialisation.** One real batch through each net, untrained. Each line is the size of the "
-        "gradient that reaches a block's output, from the input (left) to the output (right), on a log scale. "
-        "*Look for:* with the naive initialisation and no BatchNorm, the plain net's gradient falls by orders of "
-        "magnitude towards the input (it vanishes); Kaiming's initialisation and BatchNorm keep its scale; the "
-        "shortcuts carry it through the depth."),
+        "**Gradients at initialisation.** One real batch through each net of the deepest depth measured, untrained. "
+        "Each line is the size of the gradient that reaches a block's output, from the input (left) to the output "
+        "(right), on a log scale. *Look for:* with the naive initialisation (every weight from N(0, 0.01²)) and no "
+        "BatchNorm, the plain net's gradient **vanishes**: it underflows to exactly 0 before it reaches the input "
+        "(drawn at the floor of the chart). Kaiming's initialisation keeps it within about an order of magnitude. "
+        "BatchNorm makes the initialisation irrelevant (its two lines are one), but through a deep **plain** net its "
+        "gradient **grows** towards the input by orders of magnitude (Yang et al. 2019, arXiv:1902.08129); with "
+        "shortcuts it grows far less. Without BatchNorm, Kaiming's initialisation makes a **residual** net's signal "
+        "grow with every block (each shortcut adds its branch's variance) until it explodes: why ResNets keep "
+        "BatchNorm, or start each branch at zero."),
     "plain-vs-resnet": (
         "**A plain CNN against a ResNet** on the same digits and recipe, the comparison of the MNIST lesson. "
         "*Look for:* which reaches the higher validation accuracy, with how many parameters."),
 }
 LAB_LIVE = None  # None: resnet_hub.lab.LIVE_SETTINGS (the tests shorten it)
+LAB_FIRST = "gradients"  # the live experiment chosen when the page opens: seconds long
 
 
 def _lab_series(experiment: str, settings) -> tuple[str, ...]:
@@ -601,25 +607,53 @@ def lab_training_curves(result) -> pd.DataFrame | None:
     return None if frame is None else frame.rename(columns={"images": "step", "series": "net"})
 
 
+GRADIENT_FLOOR = 1e-8  # smaller gradients (0 included: a vanished one underflows) are drawn here, and labelled so
+SAME_LINE = 0.05  # log10 units: two initialisations closer than this at every block are one line, labelled so
+
+
 def lab_gradient_curves(result) -> pd.DataFrame | None:
-    """log10 of the gradient reaching each block's output, for every variant at the deepest depth measured."""
+    """log10 of the gradient reaching each block's output, for every variant at the deepest depth measured.
+
+    A gradient under ``GRADIENT_FLOOR`` is drawn at it (a line of one point, or none, would not be drawn at all),
+    and where BatchNorm makes the two initialisations give the same line it is drawn once, with both in its label.
+    """
     import math
 
     deepest = max(n.depth for n in result.nets) if result.nets else None
-    rows = []
+    lines: dict[tuple[str, bool], dict[str, list[float]]] = {}
     for n in result.nets:
-        if n.depth != deepest:
-            continue
-        label = f"{n.net}, {'BN' if n.batchnorm else 'no BN'}, {n.init} init"
-        rows += [(i, label, math.log10(v) if v else float("nan")) for i, v in enumerate(n.signal_norms)
-                 if v is None or v > 0]
+        if n.depth == deepest:
+            lines.setdefault((n.net, n.batchnorm), {})[n.init] = [
+                math.log10(max(v, GRADIENT_FLOOR)) if v is not None else math.nan for v in n.signal_norms]
+    rows = []
+    for (net, batchnorm), by_init in lines.items():
+        series = list(by_init.items())
+        if len(series) == 2 and all(abs(a - b) <= SAME_LINE for a, b in zip(series[0][1], series[1][1])):
+            series = [(" or ".join(by_init), series[0][1])]
+        for init, values in series:
+            label = f"{net}, {'BN' if batchnorm else 'no BN'}, {init} init"
+            if any(v <= math.log10(GRADIENT_FLOOR) for v in values):
+                label += f" (under {GRADIENT_FLOOR:.0e}: drawn at it)"
+            rows += [(i, label, v) for i, v in enumerate(values)]
     if not rows:
         return None
     frame = pd.DataFrame(rows, columns=["block", "variant", "log10 gradient"])
     return frame.astype({"block": "int64", "variant": "str", "log10 gradient": "float64"})
 
 
-def _lab_caption(experiment: str, result) -> str:
+def lab_result(experiment: str):
+    """(result, shipped): this machine's last completed full run, else the project's own, shipped with the package
+    (so a fresh install, a new Space, has the lesson to show), else (None, False)."""
+    from resnet_hub.lab import load_cached, load_shipped
+
+    own = load_cached(experiment)
+    if own is not None:
+        return own, False
+    shipped = load_shipped(experiment)
+    return shipped, shipped is not None
+
+
+def _lab_caption(experiment: str, result, shipped: bool = False) -> str:
     """What was measured (when, where, how) and its numbers: shown under the picture, full width."""
     if result is None:
         return (f"_No completed run is kept yet: run `python -m resnet_hub why-residual {experiment}` "
@@ -627,6 +661,10 @@ def _lab_caption(experiment: str, result) -> str:
     env = result.environment
     measured = (f"Measured {env.get('date', '?')} on {env.get('cpu', env.get('device', '?'))}, "
                 f"torch {env.get('torch', '?')}, {result.seconds:.0f} s.")
+    if shipped:
+        measured = (f"Measured by the project (shipped with the app; `python -m resnet_hub why-residual {experiment}` "
+                    f"measures it on this machine): {env.get('date', '?')}, "
+                    f"{env.get('cpu', env.get('device', '?'))}, torch {env.get('torch', '?')}, {result.seconds:.0f} s.")
     if result.experiment == "gradients":
         table = "| net | BN | init | gradient, stem / last block | forward pass |\n|---|---|---|---|---|\n" + "\n".join(
             f"| {r['net']} | {r['batchnorm']} | {r['init']} | {_sci(r['signal first/last'])} | {r['forward']} |"
@@ -655,15 +693,11 @@ def _sci(v) -> str:
 
 def lab_cached():
     """The last completed result of each experiment, as pictures and text: read on every page load."""
-    from resnet_hub.lab import load_cached
-
     out = []
     for experiment in ("degradation", "gradients", "plain-vs-resnet"):
-        result = load_cached(experiment)
-        if experiment == "gradients":
-            out += [lab_gradient_curves(result) if result else None, _lab_caption(experiment, result)]
-        else:
-            out += [lab_training_curves(result) if result else None, _lab_caption(experiment, result)]
+        result, shipped = lab_result(experiment)
+        curves = lab_gradient_curves if experiment == "gradients" else lab_training_curves
+        out += [curves(result) if result else None, _lab_caption(experiment, result, shipped)]
 
     return tuple(out)
 
@@ -714,10 +748,34 @@ def lab_live(experiment):
     if result.stopped:
         status = f"**Stopped** at {last.progress:.0%}: the curves so far stay here; nothing is kept."
     else:
-        status = f"**Done** in {result.seconds:.0f} s (the short version; the full one is above)."
-        if experiment != "gradients":
-            status += "".join(f"\n- {'**holds**' if o['holds'] else '**does not hold**'}: {o['claim']}" for o in result.orderings())
+        status = _lab_done(experiment, result)
     yield _lab_live_picture(experiment, result), status
+
+
+def _lab_done(experiment, result) -> str:
+    """What a finished live run says: its verdicts, and that the full version's are the ones to read."""
+    from resnet_hub.lab import CACHED_SETTINGS
+
+    what, full_what = _lab_scope(result.settings), _lab_scope(CACHED_SETTINGS[experiment])
+    where = ("its result is above" if lab_result(experiment)[0] is not None else
+             f"`python -m resnet_hub why-residual {experiment}` runs it on this machine")
+    status = f"**Done** in {result.seconds:.0f} s: the short version ({what})."
+    verdicts = result.orderings() if experiment == "degradation" else []
+    if verdicts:
+        status += " On one short run the verdicts are a preview:" + "".join(
+            f"\n- {'**holds**' if o['holds'] else '**does not hold**'}: {o['claim']}" for o in verdicts)
+        status += f"\n\nThe full version ({full_what}) judges them over its seeds: {where}."
+    else:
+        status += f" The full version ({full_what}): {where}."
+    return status
+
+
+def _lab_scope(settings) -> str:
+    recipe = getattr(settings, "recipe", None)
+    if recipe is None:  # the gradients: one batch through nets of these depths
+        return f"depths {', '.join(map(str, sorted(settings.depths)))}"
+    seeds = len(settings.seeds)
+    return f"{recipe.epochs} epochs, {seeds} seed{'s' * (seeds != 1)}"
 
 
 def _lab_live_picture(experiment, result):
@@ -940,7 +998,8 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
     with gr.Tab("Why residual?", id="why-residual"):
         gr.Markdown("Why shortcuts `H(x) = F(x) + x`? Three experiments on this project's own blocks "
                     "(He et al. 2015, arXiv:1512.03385, section 4.2: CIFAR-style nets of 6n+2 layers), "
-                    "each shown as last completed here, with when, where and how it was measured.")
+                    "each shown as last completed on this machine (else as the project measured it), with when, "
+                    "where and how it was measured.")
         lab_outputs = []
         for experiment, title in (("degradation", "Degradation: deeper plain nets train worse"),
                                   ("gradients", "Vanishing gradients at initialisation"),
@@ -959,17 +1018,19 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
             lab_outputs += [plot, text]
         gr.Markdown("### Run a short version live")
         with gr.Row():
-            lab_experiment = gr.Radio(["degradation", "gradients", "plain-vs-resnet"], value="gradients",
+            lab_experiment = gr.Radio(["degradation", "gradients", "plain-vs-resnet"], value=LAB_FIRST,
                                       label="Experiment", elem_id="lab-experiment")
             lab_run = gr.Button("Run", variant="primary", elem_id="lab-run")
             lab_stop_btn = gr.Button("Stop", variant="stop", elem_id="lab-stop")
         lab_status = gr.Markdown(elem_id="lab-status")
+        # The chart of the experiment chosen shows, from the first page load on (the radio's change event fires
+        # only when it changes).
         lab_live_plot = gr.LinePlot(None, x="step", y="training error", color="net", title="Live",
                                     x_title="training step", y_title="training error", height=300,
-                                    elem_id="lab-live-plot")
+                                    elem_id="lab-live-plot", visible=LAB_FIRST != "gradients")
         lab_live_gradients = gr.LinePlot(None, x="block", y="log10 gradient", color="variant", title="Live",
                                          x_title="block (input to output)", y_title="log10 |gradient|", height=300,
-                                         elem_id="lab-live-gradients", visible=False)
+                                         elem_id="lab-live-gradients", visible=LAB_FIRST == "gradients")
 
         def _lab_pick(experiment):
             return gr.LinePlot(visible=experiment != "gradients"), gr.LinePlot(visible=experiment == "gradients")

@@ -444,3 +444,35 @@ def test_the_load_script_counts_an_answer_with_an_error_as_failed(running_app, c
     out = capsys.readouterr().out
     assert code == 1
     assert "failed                   2" in out and "error: ValueError: the app answered error" in out, out
+
+
+def test_a_vanished_gradient_is_drawn_at_the_floor_and_coinciding_initialisations_are_one_line(running_app):
+    """A gradient that underflowed to 0 was left out, so the vanishing line the lesson points at had one point and
+    was not drawn; BatchNorm's two initialisations gave two lines drawn on top of each other."""
+    from resnet_hub.lab import GradientNet, GradientResult, GradientSettings
+
+    def net(family, bn, init, signals):
+        return GradientNet(f"{family}-8", family, 8, bn, init, [], [], None, [], [], signals, None, 1.0, 2.3, "ok",
+                           "healthy")
+
+    result = GradientResult("gradients", GradientSettings(depths=(8,), width=2, batch_size=8, seed=0), nets=[
+        net("plain", False, "naive", [0.0, 0.0, 1e-12, 1e-2]),
+        net("plain", False, "kaiming", [1e-3, 1e-3, 1e-2, 1e-2]),
+        net("plain", True, "naive", [10.0, 1.0, 0.1, 1e-2]),
+        net("plain", True, "kaiming", [10.1, 1.0, 0.1, 1e-2]),  # within 0.05 in log10 at every block: one line
+    ])
+    frame = running_app.module.lab_gradient_curves(result)
+    lines = {v: list(frame[frame["variant"] == v]["log10 gradient"]) for v in frame["variant"].unique()}
+    assert lines == {
+        "plain-8, no BN, naive init (under 1e-08: drawn at it)": [-8.0, -8.0, -8.0, -2.0],
+        "plain-8, no BN, kaiming init": [-3.0, -3.0, -2.0, -2.0],
+        "plain-8, BN, naive or kaiming init": [1.0, 0.0, -1.0, -2.0],
+    }
+
+
+def test_a_fresh_store_shows_the_projects_own_lab_runs_and_says_whose_they_are(running_app, tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNET_HUB_HOME", str(tmp_path / "fresh"))
+    plots_and_captions = running_app.module.lab_cached()
+    for plot, caption in zip(plots_and_captions[::2], plots_and_captions[1::2]):
+        assert plot is not None and len(plot) > 0
+        assert caption.startswith("Measured by the project (shipped with the app; `python -m resnet_hub why-residual")

@@ -513,7 +513,7 @@ def points_drawn(page, plot: str) -> int:
 
 
 def test_why_residual_shows_the_cached_results_and_runs_a_live_one(browser, running_app, artifacts, monkeypatch):
-    from resnet_hub.lab import cache_path, run_experiment
+    from resnet_hub.lab import cache_path, load_cached, run_experiment
 
     tiny = tiny_lab_settings()
     for experiment, settings in tiny.items():  # what `python -m resnet_hub why-residual all` leaves, but tiny
@@ -527,7 +527,10 @@ def test_why_residual_shows_the_cached_results_and_runs_a_live_one(browser, runn
     open_tab(page, "Why residual?")
 
     # The cached results, drawn at once: every series a line with a colour, and what was measured said beside it.
-    for experiment, series in (("degradation", 4), ("gradients", 8), ("plain-vs-resnet", 2)):
+    # The gradients: a variant per line, where BatchNorm makes two initialisations one line, labelled with both.
+    variants = running_app.module.lab_gradient_curves(load_cached("gradients"))["variant"].unique()
+    assert 6 <= len(variants) <= 8 and any(" or " in v for v in variants)
+    for experiment, series in (("degradation", 4), ("gradients", len(variants)), ("plain-vs-resnet", 2)):
         plot = f"#lab-{experiment}-plot"
         page.locator(f"{plot} svg .mark-line path").first.wait_for()
         lines = [line for line in drawn_lines(page, plot) if line["stroke"] not in ("", "none")]
@@ -554,4 +557,27 @@ def test_why_residual_shows_the_cached_results_and_runs_a_live_one(browser, runn
     shoot(page, artifacts, "tab-why-residual-stopped")
     assert points_drawn(page, "#lab-live-plot") > first
     assert cache_path("degradation").read_bytes() == cached_before
+    page.close()
+
+
+def test_the_live_experiment_chosen_when_the_page_opens_draws_on_its_own_chart(browser, running_app, artifacts,
+                                                                              monkeypatch):
+    """The page opens on the gradients: Run draws them at once, without the visitor first choosing another
+    experiment and back (the radio's change event never fires for its first value)."""
+    monkeypatch.setattr(running_app.module, "LAB_LIVE", tiny_lab_settings())
+    page = browser.new_page()
+    page.on("pageerror", lambda error: browser.page_errors.append(str(error)))
+    page.goto(running_app.url, wait_until="domcontentloaded")
+    open_tab(page, "Why residual?")
+    chosen = page.locator("#lab-experiment input:checked").get_attribute("value")
+    assert chosen == running_app.module.LAB_FIRST == "gradients"
+    assert page.locator("#lab-live-gradients").is_visible() and not page.locator("#lab-live-plot").is_visible()
+    page.locator("#lab-run").click()
+    page.wait_for_function("() => (document.querySelector('#lab-status')?.innerText ?? '').includes('Done')",
+                           timeout=TRAIN_TIMEOUT_MS)
+    page.locator("#lab-live-gradients svg .mark-line path").first.wait_for()
+    shoot(page, artifacts, "tab-why-residual-live-gradients")
+    lines = [line for line in drawn_lines(page, "#lab-live-gradients") if line["stroke"] not in ("", "none")]
+    assert len(lines) >= 6 and all(line["points"] >= 2 for line in lines), lines
+    assert "the short version (depths 8, 14)" in page.locator("#lab-status").inner_text()
     page.close()

@@ -13,6 +13,7 @@ from resnet_hub import lab
 from resnet_hub.errors import ResNetHubError
 from resnet_hub.lab import (
     CACHED_SETTINGS,
+    EXPERIMENTS,
     DegradationSettings,
     GradientSettings,
     LabError,
@@ -196,6 +197,21 @@ def test_a_corrupt_or_foreign_cache_file_reads_as_nothing(store, content):
 
 def test_no_cache_yet_reads_as_nothing():
     assert load_cached("gradients") is None
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_the_package_ships_the_projects_own_full_run_of_each_experiment(experiment):
+    """What a fresh install (a new Space) shows until it has run its own: the full settings, completed, measured."""
+    shipped = lab.load_shipped(experiment)
+    assert shipped is not None and not shipped.stopped and shipped.settings == CACHED_SETTINGS[experiment]
+    assert shipped.environment["cpu"] and shipped.environment["torch"]
+    if experiment == "degradation":  # the lesson it is shown for holds in it
+        assert [o["holds"] for o in shipped.orderings()] == [True, True, True]
+    if experiment == "gradients":
+        deepest = max(n.depth for n in shipped.nets)
+        by_variant = {(n.family, n.batchnorm, n.init): n.backward for n in shipped.nets if n.depth == deepest}
+        assert by_variant[("plain", False, "naive")] == "vanishing" and by_variant[("plain", True, "kaiming")] == "exploding"
+        assert by_variant[("plain", False, "kaiming")] == by_variant[("residual", True, "kaiming")] == "healthy"
 
 
 # --- bad input -------------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ Three experiments, each a function that takes its settings and returns data (a r
 Each takes ``on_event`` (called with a :class:`LabEvent` that carries the result so far, for live curves) and
 ``stop`` (a ``threading.Event``: the run ends at the next step and comes back marked ``stopped`` with the curves so
 far). :func:`run_experiment` runs one by name and keeps each completed result as JSON in the model store, read back
-by :func:`load_cached`; a stopped run is never kept.
+by :func:`load_cached`; a stopped run is never kept. :func:`load_shipped` reads the project's own full runs, which
+the package ships so that a fresh install has a result to show.
 
 Modules: ``settings`` (recipes and the cached/live settings), ``nets`` (digits and networks), ``training`` and
 ``gradients`` (the experiments), ``results`` (what they return), ``cache`` (the store).
@@ -24,7 +25,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from .cache import cache_path, load_cached, save_cached
+from .cache import cache_path, load_cached, load_shipped, save_cached
 from .gradients import EXTREME, gradients
 from .nets import INITS, initialise, network, plain_cnn
 from .results import GradientNet, GradientResult, LabEvent, Result, TrainingResult, TrainingRun
@@ -48,7 +49,7 @@ __all__ = [
     "CACHED_SETTINGS", "EXPERIMENTS", "EXTREME", "INITS", "LIVE_SETTINGS", "MAX_DEPTH", "DegradationSettings",
     "GradientNet", "GradientResult", "GradientSettings", "LabError", "LabEvent", "PlainVsResNetSettings", "Recipe",
     "Result", "Settings", "TrainingResult", "TrainingRun", "cache_path", "degradation", "gradients", "initialise",
-    "load_cached", "network", "plain_cnn", "plain_vs_resnet", "run_experiment", "save_cached",
+    "load_cached", "load_shipped", "network", "plain_cnn", "plain_vs_resnet", "run_experiment", "save_cached",
 ]
 
 _RUNNERS: dict[str, Callable[..., Result]] = {

@@ -1,4 +1,6 @@
-"""The lab's results kept in the model store: ``<store>/lab/<experiment>.json``, the last completed run of each."""
+"""The lab's results kept in the model store: ``<store>/lab/<experiment>.json``, the last completed run of each; and
+the project's own full runs, shipped in the package (``measured/``), which a fresh install shows until it has its own.
+"""
 
 from __future__ import annotations
 
@@ -32,9 +34,22 @@ def save_cached(result: Result) -> Path:
     return path
 
 
+MEASURED = Path(__file__).with_name("measured")  # `why-residual all`'s JSON, as a maintainer's machine left it
+
+
 def load_cached(experiment: str) -> Result | None:
     """The last completed result of ``experiment`` kept in the store, or None (never run, or the file is unreadable)."""
-    path = cache_path(experiment)
+    return _read(cache_path(experiment), experiment)
+
+
+def load_shipped(experiment: str) -> Result | None:
+    """The project's own full run of ``experiment``, shipped with the package; its ``environment`` says on what
+    machine and when it was measured. None when the package holds none."""
+    check_experiment(experiment)
+    return _read(MEASURED / f"{experiment}.json", experiment)
+
+
+def _read(path: Path, experiment: str) -> Result | None:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
         if d.get("experiment") != experiment or d.get("stopped"):
