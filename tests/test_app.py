@@ -284,10 +284,11 @@ def test_an_oversize_sketch_is_refused_before_it_is_decoded(running_app, tmp_pat
         return real_load(image)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", load)
-    huge = write(tmp_path / "huge-sketch.png", png_declaring(12_000, 12_000))  # 144 MP: under Pillow's own limit
+    # 144 MP: over Pillow's own limit but under twice it, where Pillow only warns: the sketch's limit refuses it
+    huge = write(tmp_path / "huge-sketch.png", png_declaring(12_000, 12_000))
     with pytest.raises(AppError) as refused:
         classify(running_app.client, None, "resnet18", drawn=huge)
-    assert "the sketch: 144,000,000 pixels is over the limit" in str(refused.value)
+    assert "the sketch: 12000x12000 = 144,000,000 pixels is over the limit of 16,777,216" in str(refused.value)
     assert (12_000, 12_000) not in decoded
     assert_still_serves(running_app.client)
 
