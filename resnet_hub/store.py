@@ -35,7 +35,8 @@ VISITORS = "visitors"  # models/visitors/OWNER/NAME: never a model name of the s
 # 98.45% mean (98.0-98.9) at 6 epochs, ResNet-50 98.59% (98.3-99.0). ResNet-18 now trains 8 epochs: over seeds 0-3
 # on 2 Sapphire Rapids cores, 6 epochs gave 98.35% (98.2-98.5), under the 98.5% the starters promise, and 8 gave
 # 98.75% (98.5-98.9) for 7 s more. On 2 Zen 5 cores ResNet-50 gave 98.50% (98.2-98.9) over seeds 0-3; 12 epochs,
-# lr 5e-3 and batch 64 gave means within 0.15 point of it, none without a seed under 98.5%. Measured with
+# lr 5e-3 and batch 64 gave means within 0.15 point of it, none without a seed under 98.5%; so did a moving average
+# of the weights (decay 0.98 or 0.95), distillation from the ResNet-18 starter and 32 px. Measured with
 # `python -m resnet_hub starter --force --json`: see the closing notes of the fine-tuning issue.
 STARTER_RECIPE = {
     "resnet18": FinetuneConfig(base="scratch:resnet18", epochs=8, lr=0.2, batch_size=128, image_size=32, crop_pct=0.8,
