@@ -26,6 +26,7 @@ from resnet_hub.model import build, stage_table, weighted_layers
 from resnet_hub.owners import Visitor, multi_user, new_browser_id, retention_hours
 from resnet_hub.service import (
     COMPARE_RUNS,
+    IMAGE_SIZE,
     PHOTO_TO_DIGITS,
     FinetuneJobs,
     ModelRegistry,
@@ -61,7 +62,7 @@ MAX_FILE_SIZE = "50mb"
 QUEUE_SIZE = 64
 CLASSIFY_CONCURRENCY = 16  # concurrent classify requests share forward passes (Predictor.forward_batched)
 HEATMAP_MIN_SIDE = 224  # px, as shown
-PHOTO_IMAGE_SIZE = 128  # px: a zip of photos is fine-tuned at this size (the MNIST sample at its own 32)
+PHOTO_IMAGE_SIZE = IMAGE_SIZE["photo"]  # px: a zip of photos is fine-tuned at this size (digits at 32)
 
 registry = ModelRegistry()
 jobs = FinetuneJobs(registry, prepare_frozen_parts=True)
@@ -459,7 +460,7 @@ def train(data_zip, use_mnist, base, epochs, lr, freeze, name, seed=0, browser_i
     try:
         config = FinetuneConfig(base=base, epochs=int(epochs), lr=float(lr),
                                 freeze=None if freeze in (None, FREEZE_AUTO) else int(freeze),
-                                seed=int(seed) if seed is not None else 0, image_size=32 if use_mnist else PHOTO_IMAGE_SIZE)
+                                seed=int(seed) if seed is not None else 0)  # image size: by the data (IMAGE_SIZE)
         job = jobs.start(data, config, name or None, visitor=visitor)
     except (ResNetHubError, ValueError, TypeError) as e:
         raise _user_error(e) from None
