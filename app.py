@@ -578,8 +578,8 @@ LAB_TEXT = {
         "Each line is the size of the gradient that reaches a block's output, from the input (left) to the output "
         "(right), on a log scale. *Look for:* with the naive initialisation (every weight from N(0, 0.01²)) and no "
         "BatchNorm, the plain net's gradient **vanishes**: it underflows to exactly 0 before it reaches the input "
-        "(drawn at the floor of the chart). Kaiming's initialisation keeps it within about an order of magnitude. "
-        "BatchNorm makes the initialisation irrelevant (its two lines are one), but through a deep **plain** net its "
+        "(drawn at the floor of the chart: 'floored'). Kaiming's initialisation keeps it within about an order of magnitude. "
+        "BatchNorm makes the initialisation irrelevant (its two lines are one: 'any init'), but through a deep **plain** net its "
         "gradient **grows** towards the input by orders of magnitude (Yang et al. 2019, arXiv:1902.08129); with "
         "shortcuts it grows far less. Without BatchNorm, Kaiming's initialisation makes a **residual** net's signal "
         "grow with every block (each shortcut adds its branch's variance) until it explodes: why ResNets keep "
@@ -611,14 +611,14 @@ def lab_training_curves(result) -> pd.DataFrame | None:
 
 
 GRADIENT_FLOOR = 1e-8  # smaller gradients (0 included: a vanished one underflows) are drawn here, and labelled so
-SAME_LINE = 0.05  # log10 units: two initialisations closer than this at every block are one line, labelled so
+SAME_LINE = 0.1  # log10 units (2 px on the chart): two initialisations this close at every block are one line
 
 
 def lab_gradient_curves(result) -> pd.DataFrame | None:
     """log10 of the gradient reaching each block's output, for every variant at the deepest depth measured.
 
-    A gradient under ``GRADIENT_FLOOR`` is drawn at it (a line of one point, or none, would not be drawn at all),
-    and where BatchNorm makes the two initialisations give the same line it is drawn once, with both in its label.
+    A gradient under ``GRADIENT_FLOOR`` is drawn at it, "floored" in its label (a line of one point, or none, would
+    not be drawn at all), and where BatchNorm makes the two initialisations give the same line it is drawn once.
     """
     import math
 
@@ -632,11 +632,13 @@ def lab_gradient_curves(result) -> pd.DataFrame | None:
     for (net, batchnorm), by_init in lines.items():
         series = list(by_init.items())
         if len(series) == 2 and all(abs(a - b) <= SAME_LINE for a, b in zip(series[0][1], series[1][1])):
-            series = [(" or ".join(by_init), series[0][1])]
+            series = [("any init", series[0][1])]
         for init, values in series:
-            label = f"{net}, {'BN' if batchnorm else 'no BN'}, {init} init"
+            # Short, without the depth (the deepest, which the text and the table give): the legend is one row, and
+            # at 1400 px it cut off the labels of the last two of seven lines, the exploding one among them.
+            label = f"{net.rsplit('-', 1)[0]}{' + BN' if batchnorm else ''}, {init}"
             if any(v <= math.log10(GRADIENT_FLOOR) for v in values):
-                label += f" (under {GRADIENT_FLOOR:.0e}: drawn at it)"
+                label += " (floored)"
             rows += [(i, label, v) for i, v in enumerate(values)]
     if not rows:
         return None
@@ -733,15 +735,19 @@ def lab_live(experiment):
 
     threading.Thread(target=work, name="lab-live", daemon=True).start()
     status, last = f"Running the short {experiment} experiment…", None
-    while (ahead := TRAINING.position(ticket)) > 0:  # one training at a time: a fine-tune may hold the slot
-        yield gr.skip(), (f"**Waiting in line: {ahead} training{'s' * (ahead != 1)} ahead** (one trains at a time "
-                          f"on this machine). It starts by itself; Stop leaves the line.")
-        ticket.left.wait(1.0)
-    while (event := events.get()) is not None:
-        last = event
-        if event.kind in ("step", "epoch", "net", "start") and events.qsize() < 2:
-            status = f"**{event.progress:.0%}** · {event.message}"
-            yield _lab_live_picture(experiment, event.result), status
+    try:
+        while (ahead := TRAINING.position(ticket)) > 0:  # one training at a time: a fine-tune may hold the slot
+            yield gr.skip(), (f"**Waiting in line: {ahead} training{'s' * (ahead != 1)} ahead** (one trains at a "
+                              f"time on this machine). It starts by itself; Stop leaves the line.")
+            ticket.left.wait(1.0)
+        while (event := events.get()) is not None:
+            last = event
+            if event.kind in ("step", "epoch", "net", "start") and events.qsize() < 2:
+                status = f"**{event.progress:.0%}** · {event.message}"
+                yield _lab_live_picture(experiment, event.result), status
+    except GeneratorExit:  # the visitor left (Gradio closed this generator): no one watches, so the run stops
+        LAB_STOP.set()  # and frees the one training slot (it held the next visitor in line for the rest of it)
+        raise
     if outcome.get("waited"):
         yield gr.skip(), "**Stopped before its turn came**: nothing ran."
         return

@@ -529,7 +529,7 @@ def test_why_residual_shows_the_cached_results_and_runs_a_live_one(browser, runn
     # The cached results, drawn at once: every series a line with a colour, and what was measured said beside it.
     # The gradients: a variant per line, where BatchNorm makes two initialisations one line, labelled with both.
     variants = running_app.module.lab_gradient_curves(load_cached("gradients"))["variant"].unique()
-    assert 6 <= len(variants) <= 8 and any(" or " in v for v in variants)
+    assert 6 <= len(variants) <= 8 and any(v.endswith("any init") for v in variants)
     for experiment, series in (("degradation", 4), ("gradients", len(variants)), ("plain-vs-resnet", 2)):
         plot = f"#lab-{experiment}-plot"
         page.locator(f"{plot} svg .mark-line path").first.wait_for()
@@ -581,3 +581,25 @@ def test_the_live_experiment_chosen_when_the_page_opens_draws_on_its_own_chart(b
     assert len(lines) >= 6 and all(line["points"] >= 2 for line in lines), lines
     assert "the short version (depths 8, 14)" in page.locator("#lab-status").inner_text()
     page.close()
+
+
+def test_a_live_lab_run_whose_page_is_closed_stops_and_frees_the_training_slot(browser, running_app, monkeypatch):
+    """No one watches it any more: it held the one training slot, and the next visitor waited in line behind it."""
+    from resnet_hub.training_slot import TRAINING
+
+    tiny = tiny_lab_settings()
+    slow = dataclasses.replace(tiny["degradation"], recipe=dataclasses.replace(tiny["degradation"].recipe, epochs=200))
+    monkeypatch.setattr(running_app.module, "LAB_LIVE", {**tiny, "degradation": slow})
+    page = browser.new_page()
+    page.goto(running_app.url, wait_until="domcontentloaded")
+    open_tab(page, "Why residual?")
+    page.locator("#lab-experiment").get_by_role("radio", name="degradation", exact=True).check()
+    page.locator("#lab-run").click()
+    page.wait_for_function("() => /\\d+%/.test(document.querySelector('#lab-status')?.innerText ?? '')",
+                           timeout=TRAIN_TIMEOUT_MS)
+    assert TRAINING.busy
+    page.close()
+    deadline = time.monotonic() + 60
+    while TRAINING.busy and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not TRAINING.busy  # 200 epochs would have held it for minutes
