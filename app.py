@@ -295,15 +295,17 @@ def _curve_frame(rows, y: str, series: tuple[str, ...]) -> pd.DataFrame | None:
 
     Gradio 6.31's LinePlot fixes its colour domain from the first frame it draws: a series that
     appears later (validation accuracy, after the first epoch) would get no stroke, and an empty
-    first frame would leave every line without one. So: None until there is data, then a
-    placeholder row (y = NaN, which Vega does not draw) for each series not measured yet.
+    first frame would leave every line without one. So: None until there is data, then first a
+    placeholder row (y = NaN, which Vega does not draw) for every series, in ``series`` order: the
+    colours follow the order in which series first appear, and a first frame that held only the
+    validation before training gave validation the first colour in some runs and not others.
     """
     if not rows:
         return None
-    missing = [(rows[0][0], name, float("nan")) for name in series if name not in {r[1] for r in rows}]
+    placeholders = [(rows[0][0], name, float("nan")) for name in series]
     # x: training images seen, a count whose ticks stay whole and few even for a run of four steps.
     # Typed: the plot reads each column's dtype, and an object column is drawn as categories.
-    frame = pd.DataFrame(rows + missing, columns=["images", "series", y])
+    frame = pd.DataFrame(placeholders + rows, columns=["images", "series", y])
     return frame.astype({"images": "int64", "series": "str", y: "float64"})
 
 
@@ -830,7 +832,8 @@ def about_markdown() -> str:
             f"### Why {arch.replace('resnet', 'ResNet-')} has {n} layers\n"
             f"1 stem convolution + {blocks} blocks x {per_block} convolutions + 1 fully connected layer "
             f"= **{n}** weighted layers (the 1x1 projection shortcuts are not counted). "
-            f"{sum(r['parameters'] for r in rows):,} parameters in all.\n\n{table}"
+            f"{sum(r['parameters'] for r in rows):,} parameters in all with ImageNet's 1000-class head (a 10-class "
+            f"digit model's head is smaller: Compare counts the models it runs).\n\n{table}"
         )
     return "\n\n".join(parts)
 

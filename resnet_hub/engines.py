@@ -577,7 +577,7 @@ class EngineChoice:
         # What is minimised is said: a runner-up faster at batch 1 alone read as a contradiction.
         text = f"{self.chosen}, the fastest of {len(self.candidates)} checked paths"
         if ours and ours.b1_ms is not None:
-            text += (f" by batch 1 + batch 8 time ({_ms(ours.b1_ms)} + {_ms(ours.b8_ms)}, error "
+            text += (f" by batch 1 + batch 8 time when it loaded ({_ms(ours.b1_ms)} + {_ms(ours.b8_ms)}, error "
                      f"{ours.rel_error:.3f}, top-1 agreement {ours.top1_agreement:.0%})")
         if self.runner_up:
             runner = next(c for c in self.candidates if c.name == self.runner_up)
