@@ -414,6 +414,8 @@ def test_ten_classes_fit_the_results_column_and_one_epoch_draws_its_validation_l
     assert [name for name, _ in fits] == ["true \\ predicted", *classes] and all(inside for _, inside in fits), fits
     validation = [line for line in drawn_lines(page, "#accuracy-plot") if line["stroke"] not in ("", "none")]
     assert len(validation) == 2 and all(line["points"] >= 2 for line in validation), validation
+    # colours in a fixed order, whatever the first frame held (the validation before training, alone, swapped them)
+    assert legend_entries(page, "#accuracy-plot") == ["train accuracy", "validation accuracy"]
     page.wait_for_function("() => document.querySelectorAll('#finetune-mistakes img').length > 0")
     shoot(page, artifacts, "tab-fine-tune-ten-classes")
     captions = page.locator("#finetune-mistakes").inner_text()
