@@ -408,7 +408,7 @@ CHOOSERS = 5  # Classify, Compare A and B, Fine-tune base, Push
 FREEZE_AUTO = "auto"
 # "auto" is explained in the note under the controls: a longer label was cut at "auto (3 for a pretrained b" in the
 # box, and read as 3 for every run (digits and runs from scratch train every stage).
-FREEZE_CHOICES = [("auto (see the note below)", FREEZE_AUTO), ("-1: none, train all", -1),
+FREEZE_CHOICES = [("auto (see below)", FREEZE_AUTO), ("-1: none, train all", -1),
                   ("0: the stem", 0), *((f"{n}: stem + layer1..{n}" if n > 1 else "1: stem + layer1", n) for n in (1, 2, 3)),
                   ("4: all but the head", 4)]
 
