@@ -34,6 +34,7 @@ from .data import ImageDataset, mnist_sample, read_zip, stratified_split
 from .errors import ResNetHubError, SourceError, WeightsNotFoundError
 from .finetune import Event, FinetuneConfig, FinetuneResult, finetune, prepare_base, prepare_frozen_part
 from .images import load_image, looks_like_photo
+from .layouts import CONFIG_NAME
 from .results import ValidationResults, mistake_thumbnails
 from .predict import Comparison, Prediction, Predictor, compare
 from .store import (
@@ -504,7 +505,7 @@ def own_input_size(source: str, kind: str) -> int | None:
     """The input size of ``source`` when it is a model fine-tuned here on data of ``kind`` (a starter, or a model of
     the store), read from its config.json; None for any other source (a Hub id, a base trained elsewhere)."""
     try:
-        config = json.loads((Path(source) / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((Path(source) / CONFIG_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(config, dict) or (config.get("training") or {}).get("kind") != kind:
