@@ -171,12 +171,9 @@ class StarterBuilds:
         build = StarterBuild(arch)
         folder = starter_folder(arch)
         if is_model_folder(folder):
-            try:
-                config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-                build.seconds = (config.get("training") or {}).get("seconds")
-                build.accuracy = (config.get("metrics") or {}).get("accuracy")
-            except (OSError, ValueError):
-                pass  # the model itself is checked when it loads; this only fills the banner
+            record = _model_record(folder)  # the model itself is checked when it loads; this only fills the banner
+            build.seconds = (record.get("training") or {}).get("seconds")
+            build.accuracy = (record.get("metrics") or {}).get("accuracy")
             build.state = "ready"
             build.done.set()
         return build
@@ -504,14 +501,20 @@ class ModelRegistry:
 def own_input_size(source: str, kind: str) -> int | None:
     """The input size of ``source`` when it is a model fine-tuned here on data of ``kind`` (a starter, or a model of
     the store), read from its config.json; None for any other source (a Hub id, a base trained elsewhere)."""
-    try:
-        config = json.loads((Path(source) / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    record = _model_record(source)
+    if (record.get("training") or {}).get("kind") != kind:
         return None
-    if not isinstance(config, dict) or (config.get("training") or {}).get("kind") != kind:
-        return None
-    size = (config.get("preprocessing") or {}).get("input_size")
+    size = (record.get("preprocessing") or {}).get("input_size")
     return size if isinstance(size, int) and not isinstance(size, bool) else None
+
+
+def _model_record(folder: str | Path) -> dict[str, Any]:
+    """A model folder's config.json as read, without loading the model; {} when it has none that reads as one."""
+    try:
+        record = json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _is_hub_id(source: str) -> bool:
