@@ -62,13 +62,13 @@ MAX_FILE_SIZE = "50mb"
 QUEUE_SIZE = 64
 CLASSIFY_CONCURRENCY = 16  # concurrent classify requests share forward passes (Predictor.forward_batched)
 HEATMAP_MIN_SIDE = 224  # px, as shown
-PHOTO_IMAGE_SIZE = IMAGE_SIZE["photo"]  # px: a zip of photos is fine-tuned at this size (digits at 32)
 
 registry = ModelRegistry()
 jobs = FinetuneJobs(registry, prepare_frozen_parts=True)
 registry.start_building_starters()  # offline: train the starters now, so the first click rarely waits
-# Then convert the default bases' frozen parts (default freeze and head only), so even the first fine-tune reads them.
-jobs.prepare_bases(["resnet18", "resnet50"], PHOTO_IMAGE_SIZE)
+# Then convert the default bases' frozen parts (default freeze and head only) at the size a photo zip trains at, so
+# even the first fine-tune reads them.
+jobs.prepare_bases(["resnet18", "resnet50"], IMAGE_SIZE["photo"])
 
 
 def _user_error(e: Exception | str) -> gr.Error:
