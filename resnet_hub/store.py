@@ -36,7 +36,8 @@ VISITORS = "visitors"  # models/visitors/OWNER/NAME: never a model name of the s
 # on 2 Sapphire Rapids cores, 6 epochs gave 98.35% (98.2-98.5), under the 98.5% the starters promise, and 8 gave
 # 98.75% (98.5-98.9) for 7 s more. On 2 Zen 5 cores ResNet-50 gave 98.50% (98.2-98.9) over seeds 0-3; 12 epochs,
 # lr 5e-3 and batch 64 gave means within 0.15 point of it, none without a seed under 98.5%; so did a moving average
-# of the weights (decay 0.98 or 0.95), distillation from the ResNet-18 starter and 32 px. Measured with
+# of the weights (decay 0.98 or 0.95), distillation from the ResNet-18 starter, 32 px, digit augmentation from half to
+# 2.5x as strong, no label smoothing, CutMix and mixup (README). Measured with
 # `python -m resnet_hub starter --force --json`: see the closing notes of the fine-tuning issue.
 STARTER_RECIPE = {
     "resnet18": FinetuneConfig(base="scratch:resnet18", epochs=8, lr=0.2, batch_size=128, image_size=32, crop_pct=0.8,
