@@ -299,13 +299,17 @@ def _curve_frame(rows, y: str, series: tuple[str, ...]) -> pd.DataFrame | None:
     placeholder row (y = NaN, which Vega does not draw) for every series, in ``series`` order: the
     colours follow the order in which series first appear, and a first frame that held only the
     validation before training gave validation the first colour in some runs and not others.
+    A series with data gets no placeholder: Vega breaks a line at a NaN, and one placed between two of its
+    points cut the validation line after its first point (one epoch: two dots, no line).
     """
     if not rows:
         return None
-    placeholders = [(rows[0][0], name, float("nan")) for name in series]
+    start = min(x for x, _, _ in rows)
+    by_series = {name: [row for row in rows if row[1] == name] or [(start, name, float("nan"))] for name in series}
+    ordered = [row for name in series for row in by_series[name]] + [row for row in rows if row[1] not in by_series]
     # x: training images seen, a count whose ticks stay whole and few even for a run of four steps.
     # Typed: the plot reads each column's dtype, and an object column is drawn as categories.
-    frame = pd.DataFrame(placeholders + rows, columns=["images", "series", y])
+    frame = pd.DataFrame(ordered, columns=["images", "series", y])
     return frame.astype({"images": "int64", "series": "str", y: "float64"})
 
 

@@ -477,3 +477,28 @@ def test_a_fresh_store_shows_the_projects_own_lab_runs_and_says_whose_they_are(r
     for plot, caption in zip(plots_and_captions[::2], plots_and_captions[1::2]):
         assert plot is not None and len(plot) > 0
         assert caption.startswith("Measured by the project (shipped with the app; `python -m resnet_hub why-residual")
+
+
+def test_a_curve_with_points_has_no_gap_and_a_series_without_any_still_names_its_colour(running_app):
+    """A NaN placeholder for every series sat at the first training step's x, between the validation before training
+    (x = 0) and after the first epoch: Vega breaks a line at a NaN, so one epoch drew two dots and no line."""
+    from resnet_hub.finetune import Event
+
+    def step(images, accuracy):
+        return Event("step", images // 64, 8, 0, 1, train_accuracy=accuracy, images=images)
+
+    module = running_app.module
+    history = [Event("epoch", 0, 8, 0, 1, val_accuracy=0.1), step(64, 0.2), step(128, 0.5),
+               Event("epoch", 8, 8, 1, 1, val_accuracy=0.9, images=512)]
+    frame = module.accuracy_curves(history)
+    assert list(frame["series"].unique()) == ["train accuracy", "validation accuracy"]  # the colours' fixed order
+    assert not frame["accuracy"].isna().any()
+    validation = frame[frame["series"] == "validation accuracy"]
+    assert list(zip(validation["images"], validation["accuracy"])) == [(0, 0.1), (512, 0.9)]
+
+    # Before the first epoch ends: the validation before training, then steps; every series named from the start.
+    early = module.accuracy_curves(history[:2])
+    assert list(early["series"].unique()) == ["train accuracy", "validation accuracy"]
+    first = module.accuracy_curves([step(64, 0.2)])
+    assert list(first["series"]) == ["train accuracy", "validation accuracy"]
+    assert first["accuracy"].isna().tolist() == [False, True]  # the placeholder: only where a series has no point
