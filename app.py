@@ -260,9 +260,14 @@ def _cell(value) -> str:
 
 
 def latency_frame(rows: list[dict]) -> pd.DataFrame:
-    """A bar per model and statistic, side by side (never stacked): each bar's height is its table value."""
+    """A bar per model and statistic, side by side (never stacked): each bar's height is its table value.
+
+    Coloured by "model A" and "model B", not by the models' names (the table's columns and the verdict name them):
+    Gradio 6.31's plot fixes its colours to the values of its first data, so a second pair's names got no colour
+    and its bars were drawn without a fill. A new colour setting with the data does not help: the chart is redrawn
+    for the setting before it has the new data."""
     return pd.DataFrame(
-        [{"bar": f"{'AB'[i]} {stat}", "model": row["model"], "ms": float(row[f"{stat} (ms)"])}
+        [{"bar": f"{'AB'[i]} {stat}", "model": f"model {'AB'[i]}", "ms": float(row[f"{stat} (ms)"])}
          for i, row in enumerate(rows[:2]) for stat in LATENCY_STATS]
     )
 

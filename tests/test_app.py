@@ -190,8 +190,9 @@ def test_compare_two_models_side_by_side(running_app):
     assert number(cols[models[0]]["parameters (M)"]) < number(cols[models[1]]["parameters (M)"])
     # One bar per model and statistic (never stacked), each the table's value.
     assert chart["columns"] == ["bar", "model", "ms"]
-    bars = {(model, bar.split()[1]): ms for bar, model, ms in chart["data"]}
-    assert bars == {(m, stat): number(cols[m][f"{stat} (ms)"]) for m in models for stat in ("p10", "median", "p90")}
+    bars = {(bar, model): ms for bar, model, ms in chart["data"]}
+    assert bars == {(f"{ab} {stat}", f"model {ab}"): number(cols[m][f"{stat} (ms)"])
+                    for ab, m in zip("AB", models) for stat in ("p10", "median", "p90")}
 
 
 @pytest.mark.parametrize("arch", ARCHS)

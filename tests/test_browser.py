@@ -243,12 +243,28 @@ def test_an_error_stays_readable_until_the_visitor_closes_it(page, artifacts):
 
 
 def test_the_compare_chart_draws_each_bar_at_its_table_value(page, artifacts):
+    """And again for a second pair on the same page: its bars were drawn without a fill (the chart kept the first
+    pair's colours), so the chart showed nothing but its axes."""
     open_tab(page, "Compare")
     pick_example(page, "mnist-digit-7")
     page.get_by_role("button", name="Compare", exact=True).click()
     page.locator("#compare-chart svg .mark-rect path").first.wait_for()
     shoot(page, artifacts, "tab-compare-done")
+    models = compared_bars_match_the_table(page)
+    assert models == ["ResNet-18 (starter digits)", "ResNet-50 (starter digits)"]
 
+    page.locator("#compare-model-a input").fill("resnet50")
+    page.keyboard.press("Enter")
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#compare-timings').innerText.includes('#2')")
+    shoot(page, artifacts, "tab-compare-second-pair")
+    again = compared_bars_match_the_table(page)
+    assert again != models and all(name.startswith("ResNet-50 (starter digits)") for name in again), again
+
+
+def compared_bars_match_the_table(page) -> list[str]:
+    """The compare tab's models, after checking that each of its six bars is drawn, filled in its model's colour, at
+    its table value, from 0."""
     # The table as the visitor reads it: a header row, then one measure per row, a cell per line.
     cells = [c.strip() for c in page.locator("#compare-timings").inner_text().splitlines() if c.strip()]
     start = cells.index("measure")
@@ -256,27 +272,32 @@ def test_the_compare_chart_draws_each_bar_at_its_table_value(page, artifacts):
     rows = [body[i:i + 3] for i in range(0, len(body) - len(body) % 3, 3)]
     value = {(headers[i], row[0]): row[i] for row in rows for i in range(1, len(headers))}
     models = headers[1:]
-    assert models == ["ResNet-18 (starter digits)", "ResNet-50 (starter digits)"]
     verdict = page.locator("#compare-verdict").inner_text()
     for model in models:  # the engine each model ran on, and why: shown, not only in the API
         engine = value[(model, "engine")]
         assert engine.split()[0] in ("torch", "openvino")
         assert f"{model} runs on {engine}, the fastest of" in verdict and "checked paths" in verdict
+    assert legend_entries(page, "#compare-chart") == ["model A", "model B"]  # the table's column heads name them
 
     y = axes(page, "#compare-chart")["y"]
     assert all(is_number(t) for t in labels(y)) and len(y) >= 2
     bars = page.locator("#compare-chart svg .mark-rect path").evaluate_all(
         "ps => ps.map(p => ({label: p.getAttribute('aria-label'), top: p.getBoundingClientRect().top,"
-        " bottom: p.getBoundingClientRect().bottom}))")
+        " bottom: p.getBoundingClientRect().bottom, fill: p.getAttribute('fill') || getComputedStyle(p).fill}))")
     assert len(bars) == 6  # p10, median and p90 for each model, side by side
+    fills = {}
     pixel = 2 * abs(value_at(y, y[0]["at"] + 1) - value_at(y, y[0]["at"]))  # what 2 px of the axis are worth
     for bar in bars:
         which = re.search(r"statistic: ([AB]) (p10|median|p90);", bar["label"])
         model, stat = models["AB".index(which[1])], which[2]
+        assert bar["fill"] not in ("", "none", "transparent"), bar
+        fills.setdefault(model, set()).add(bar["fill"])
         assert (model, f"{stat} (ms)") in value, (headers, rows)
         table_ms = float(value[(model, f"{stat} (ms)")].replace(",", ""))
         assert value_at(y, bar["bottom"]) == pytest.approx(0, abs=pixel)  # every bar starts at 0: none is stacked
         assert value_at(y, bar["top"]) == pytest.approx(table_ms, rel=0.02, abs=pixel)
+    assert all(len(f) == 1 for f in fills.values()) and len(set.union(*fills.values())) == 2, fills
+    return models
 
 
 def test_compare_without_an_image_is_a_readable_error(page, artifacts):
