@@ -371,6 +371,8 @@ def results_view(job_id, browser_id=None, request: gr.Request = None, profile: g
         return None, gr.Dropdown(choices=[ANY_CLASS], value=ANY_CLASS), gr.Dropdown(choices=[ANY_CLASS], value=ANY_CLASS), \
             None, ""
     per_class = pd.DataFrame(review.results.per_class).rename(columns={"f1": "F1"})[PER_CLASS_HEADERS]
+    for score in ("precision", "recall", "F1"):  # one format down each column ("1", "0.99" and "0.9899" mixed)
+        per_class[score] = per_class[score].map("{:.2f}".format)
     choices = [ANY_CLASS, *review.results.classes]
     images, caption = _mistakes(review, None, None)
     return per_class, gr.Dropdown(choices=choices, value=ANY_CLASS), gr.Dropdown(choices=choices, value=ANY_CLASS), \
@@ -476,7 +478,7 @@ def train(data_zip, use_mnist, base, epochs, lr, freeze, name, seed=0, browser_i
     except (ResNetHubError, ValueError, TypeError) as e:
         raise _user_error(e) from None
     history = []
-    summary = f"Training on {job.dataset.summary()} Will be saved as `{job.folder.name}`."
+    summary = f"Training on {job.dataset.summary()}. Will be saved as `{job.folder.name}`."
     status = summary
     try:
         waiting = jobs.position(job) > 0

@@ -926,7 +926,7 @@ def _record_results(model, dataset, settings, val_acc, results, n_train, n_val, 
     info.training = {
         "name": f"{model.config.architecture}-{dataset.name}",
         "kind": dataset.kind,  # "digits" models get MNIST-style centring of drawings in the app
-        "data": f"{dataset.summary()} Split {n_train} for training and {n_val} for validation (stratified, seed {settings.seed}).",
+        "data": f"{dataset.summary()}. Split {n_train} for training and {n_val} for validation (stratified, seed {settings.seed}).",
         "hyperparameters": hyper,
         **results.to_dict(max_mistakes=MAX_CARD_MISTAKES),
         "seconds": round(seconds, 1),

@@ -407,6 +407,7 @@ def test_clicking_a_confusion_cell_shows_its_misclassified_images_with_per_class
     page.wait_for_function(f"() => document.querySelectorAll('#finetune-per-class {BODY_ROWS}').length === 3")
     per_class = page.locator("#finetune-per-class").evaluate(READ_TABLE)
     assert [r[0] for r in per_class] == ["a", "b", "c"] and [r[-1] for r in per_class] == ["6", "6", "6"]
+    assert all(re.fullmatch(r"[01]\.\d\d", score) for r in per_class for score in r[1:4]), per_class
 
     i, j = next((i, j) for i in range(3) for j in range(3) if i != j and counts[i][j])
     table.locator(BODY_ROWS).nth(i).locator("[role=gridcell]").nth(j + 1).click()
