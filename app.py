@@ -27,6 +27,7 @@ from resnet_hub.owners import Visitor, multi_user, new_browser_id, retention_hou
 from resnet_hub.service import (
     COMPARE_RUNS,
     IMAGE_SIZE,
+    NOTHING_TO_SEE,
     PHOTO_TO_DIGITS,
     FinetuneJobs,
     ModelRegistry,
@@ -84,8 +85,8 @@ def _starter_progress(progress: gr.Progress):
 
 
 def _with_input_note(info: str, note: str) -> str:
-    """A photo sent to a digit model is said first and loudly; other notes follow the timing."""
-    if note.startswith(PHOTO_TO_DIGITS):
+    """A photo sent to a digit model, or a blank image, is said first and loudly; other notes follow the timing."""
+    if note.startswith((PHOTO_TO_DIGITS, NOTHING_TO_SEE)):
         gr.Warning(note, duration=12)  # the same words stay on the page, under the answer it would cover
         return f"**{note}.**\n\n{info}"
     return f"{info} · {note}" if note else info
@@ -883,7 +884,7 @@ with gr.Blocks(title="resnet-hub", delete_cache=(3600, 3600)) as demo:
     with gr.Tab("Classify", id="classify"):
         with gr.Row():
             with gr.Column():
-                image = uploaded_image(sources=["upload", "webcam", "clipboard"], label="Image")
+                image = uploaded_image(sources=["upload", "webcam", "clipboard"], label="Image", elem_id="classify-image")
                 sketch = checked_sketchpad(label="…or draw a digit", canvas_size=(280, 280))
                 model = gr.Dropdown(choices=choices, value="resnet50", allow_custom_value=True,
                                     label="Model (or type a Hub repo id: org/name)", elem_id="classify-model")

@@ -57,6 +57,9 @@ STORE_PREFIX = "local:"
 # What a visitor may type as a model: a Hub repo id (org/name, optionally @revision), never a server path.
 _TYPED_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w.-]+)?$")
 PHOTO_TO_DIGITS = "This looks like a photo, not a digit"
+NOTHING_TO_SEE = "This image shows nothing to recognise"
+_SMALLEST_SIDE = 8  # px: a picture smaller than this shows no shape (MNIST's strokes alone are 2-3 px wide)
+_ONE_SHADE = 8  # of 255 grey levels: a picture whose darkest and lightest pixels are this close is blank
 COMPARE_RUNS = 30  # timed batch-1 runs per model, interleaved, after warm-up
 # Loaded models beside the always-loaded defaults (the ImageNet pair or the starters), least recently used out:
 # every typed repo id would otherwise stay in memory for the life of the process.
@@ -555,12 +558,24 @@ def input_notes(picture: Image.Image, predictors: Sequence[Predictor]) -> list[s
 
 def input_note(picture: Image.Image, predictor: Predictor) -> str:
     """What a visitor should know about how ``predictor`` saw ``picture`` (empty: nothing)."""
+    if blank := nothing_to_see(picture):
+        return f"{NOTHING_TO_SEE}: {blank}, so any answer is a guess"
     if predictor.kind != "digits":
         return ""
     if looks_like_photo(picture):
         return (f"{PHOTO_TO_DIGITS}: {predictor.name} knows only the digits "
                 f"{', '.join(predictor.labels)}, so this answer says nothing about the photo")
     return "digit model: the image was centred and scaled the way MNIST digits are"
+
+
+def nothing_to_see(picture: Image.Image) -> str:
+    """Why no model can recognise anything in ``picture`` (too small, or one shade), or empty."""
+    if min(picture.size) < _SMALLEST_SIDE:
+        return f"it is {picture.width}x{picture.height} px"
+    low, high = picture.convert("L").getextrema()
+    if high - low <= _ONE_SHADE:
+        return "it is a single shade"
+    return ""
 
 
 # ---------------------------------------------------------------------------

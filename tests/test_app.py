@@ -393,6 +393,14 @@ BAD_INPUTS = {
 }
 
 
+def test_a_one_pixel_image_is_answered_with_a_notice_that_it_shows_nothing(running_app, tmp_path):
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    label, timing, _ = classify(running_app.client, tmp_path / "dot.png", "resnet18", top_k=3)
+
+    assert label["label"] in DIGIT_LABELS  # answered, and said first, loudly, what the answer is worth
+    assert timing.startswith("**This image shows nothing to recognise: it is 1x1 px, so any answer is a guess.**")
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_is_answered_with_a_clear_error_and_the_app_keeps_serving(running_app, tmp_path, case):
     call, message = BAD_INPUTS[case]

@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from .test_app import colour_zip
 
@@ -229,6 +230,19 @@ def test_a_photo_sent_to_a_digit_model_gets_a_clear_notice(page, artifacts):
     assert "This looks like a photo, not a digit" in info.inner_text()
     assert "says nothing about the photo" in info.inner_text()
     assert any("This looks like a photo" in t for t in toast_texts(page))
+
+
+def test_a_one_pixel_upload_is_answered_with_a_notice_that_it_shows_nothing(page, artifacts, tmp_path):
+    """It got "1", 86%, with only the note that it was centred like a digit."""
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    open_tab(page, "Classify")
+    page.locator("#classify-image input[type=file]").set_input_files(str(tmp_path / "dot.png"))
+    page.get_by_role("button", name="Classify", exact=True).click()
+    page.wait_for_function("() => (document.querySelector('#classify-info')?.innerText ?? '').includes('1x1')")
+    shoot(page, artifacts, "tab-classify-one-pixel")
+    assert "This image shows nothing to recognise: it is 1x1 px, so any answer is a guess" in \
+        page.locator("#classify-info").inner_text()
+    assert any("shows nothing to recognise" in t for t in toast_texts(page))
 
 
 def test_an_error_stays_readable_until_the_visitor_closes_it(page, artifacts):

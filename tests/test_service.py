@@ -161,6 +161,23 @@ def test_a_photo_sent_to_two_digit_models_is_one_notice_naming_both_in_order(hom
     assert input_notes(photo, [b]) == [input_note(photo, b)]  # one model: its own notice, naming it
 
 
+def test_a_tiny_or_blank_image_is_said_to_show_nothing_on_any_model(home, saved_models):
+    """A 1x1 picture got "1", 86%, from the digit starter, with only the note that it was centred like a digit."""
+    from resnet_hub.data import mnist_sample
+    from resnet_hub.predict import Predictor
+    from resnet_hub.service import NOTHING_TO_SEE, input_note, input_notes
+
+    a, b = (Predictor(saved_models[arch], "cpu", "fp32") for arch in ("resnet18", "resnet50"))
+    a.model.info.training["kind"] = "digits"
+    tiny, grey = Image.new("RGB", (1, 1)), Image.new("RGB", (64, 64), (120, 124, 118))
+    for picture, why in ((tiny, "it is 1x1 px"), (grey, "it is a single shade")):
+        for predictor in (a, b):  # a digit model and a photo model alike
+            assert input_note(picture, predictor) == f"{NOTHING_TO_SEE}: {why}, so any answer is a guess"
+        assert input_notes(picture, [a, b]) == [input_note(picture, a)]  # said once for both
+    digit = mnist_sample(limit_per_class=1).images[3]  # 28x28, ink on black
+    assert not input_note(digit, a).startswith(NOTHING_TO_SEE) and input_note(digit, b) == ""
+
+
 # -- the starters, trained in the background ----------------------------------------------------------
 
 
