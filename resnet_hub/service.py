@@ -547,7 +547,7 @@ def input_notes(picture: Image.Image, predictors: Sequence[Predictor]) -> list[s
     models is one notice naming them all (it was one per model, the last model's first)."""
     notes = [input_note(picture, p) for p in predictors]
     photo = [p for p, n in zip(predictors, notes) if n.startswith(PHOTO_TO_DIGITS)]
-    if len(photo) > 1:
+    if len({p.name for p in photo}) > 1:  # one model on both sides of a compare: its own notice, said once
         labels = {tuple(p.labels) for p in photo}
         digits = f"the digits {', '.join(photo[0].labels)}" if len(labels) == 1 else "their digits"
         merged = (f"{PHOTO_TO_DIGITS}: {' and '.join(p.name for p in photo)} know only {digits}, so their answers "

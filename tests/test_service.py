@@ -159,6 +159,7 @@ def test_a_photo_sent_to_two_digit_models_is_one_notice_naming_both_in_order(hom
     notes = input_notes(photo, [a, b])
     assert len(notes) == 1 and notes[0].startswith(f"{PHOTO_TO_DIGITS}: {a.name} and {b.name} know only the digits")
     assert input_notes(photo, [b]) == [input_note(photo, b)]  # one model: its own notice, naming it
+    assert input_notes(photo, [b, b]) == [input_note(photo, b)]  # the same model twice: not "b and b know"
 
 
 def test_a_tiny_or_blank_image_is_said_to_show_nothing_on_any_model(home, saved_models):
