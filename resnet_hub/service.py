@@ -545,7 +545,9 @@ def _model_bytes(predictor: Predictor) -> int:
 def input_notes(picture: Image.Image, predictors: Sequence[Predictor]) -> list[str]:
     """:func:`input_note` for several models seeing one picture, each said once: a photo sent to several digit
     models is one notice naming them all (it was one per model, the last model's first)."""
-    notes = [input_note(picture, p) for p in predictors]
+    if blank := _nothing_to_see_note(picture):  # checked once: it reads every pixel
+        return [blank]
+    notes = [_model_note(picture, p) for p in predictors]
     photo = [p for p, n in zip(predictors, notes) if n.startswith(PHOTO_TO_DIGITS)]
     if len({p.name for p in photo}) > 1:  # one model on both sides of a compare: its own notice, said once
         labels = {tuple(p.labels) for p in photo}
@@ -558,8 +560,15 @@ def input_notes(picture: Image.Image, predictors: Sequence[Predictor]) -> list[s
 
 def input_note(picture: Image.Image, predictor: Predictor) -> str:
     """What a visitor should know about how ``predictor`` saw ``picture`` (empty: nothing)."""
-    if blank := nothing_to_see(picture):
-        return f"{NOTHING_TO_SEE}: {blank}, so any answer is a guess"
+    return _nothing_to_see_note(picture) or _model_note(picture, predictor)
+
+
+def _nothing_to_see_note(picture: Image.Image) -> str:
+    blank = nothing_to_see(picture)
+    return f"{NOTHING_TO_SEE}: {blank}, so any answer is a guess" if blank else ""
+
+
+def _model_note(picture: Image.Image, predictor: Predictor) -> str:
     if predictor.kind != "digits":
         return ""
     if looks_like_photo(picture):
