@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -547,7 +548,9 @@ def input_notes(picture: Image.Image, predictors: Sequence[Predictor]) -> list[s
     models is one notice naming them all (it was one per model, the last model's first)."""
     if blank := _nothing_to_see_note(picture):  # checked once: it reads every pixel
         return [blank]
-    notes = [_model_note(picture, p) for p in predictors]
+    # Whether it looks like a photo: asked once for all the digit models (49 ms for a 12 MP photo), never for others.
+    is_photo = functools.cache(functools.partial(looks_like_photo, picture))
+    notes = [_model_note(p, is_photo) for p in predictors]
     photo = [p for p, n in zip(predictors, notes) if n.startswith(PHOTO_TO_DIGITS)]
     if len({p.name for p in photo}) > 1:  # one model on both sides of a compare: its own notice, said once
         labels = {tuple(p.labels) for p in photo}
@@ -560,7 +563,7 @@ def input_notes(picture: Image.Image, predictors: Sequence[Predictor]) -> list[s
 
 def input_note(picture: Image.Image, predictor: Predictor) -> str:
     """What a visitor should know about how ``predictor`` saw ``picture`` (empty: nothing)."""
-    return _nothing_to_see_note(picture) or _model_note(picture, predictor)
+    return _nothing_to_see_note(picture) or _model_note(predictor, lambda: looks_like_photo(picture))
 
 
 def _nothing_to_see_note(picture: Image.Image) -> str:
@@ -568,10 +571,11 @@ def _nothing_to_see_note(picture: Image.Image) -> str:
     return f"{NOTHING_TO_SEE}: {blank}, so any answer is a guess" if blank else ""
 
 
-def _model_note(picture: Image.Image, predictor: Predictor) -> str:
+def _model_note(predictor: Predictor, is_photo: Callable[[], bool]) -> str:
+    """What a digit model's answer is worth, asking ``is_photo()`` only for a digit model."""
     if predictor.kind != "digits":
         return ""
-    if looks_like_photo(picture):
+    if is_photo():
         return (f"{PHOTO_TO_DIGITS}: {predictor.name} knows only the digits "
                 f"{', '.join(predictor.labels)}, so this answer says nothing about the photo")
     return "digit model: the image was centred and scaled the way MNIST digits are"

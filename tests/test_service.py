@@ -146,9 +146,11 @@ def test_a_digit_model_says_a_photo_answer_means_nothing(home, saved_models):
     assert input_note(photo, predictor) == ""
 
 
-def test_a_photo_sent_to_two_digit_models_is_one_notice_naming_both_in_order(home, saved_models):
+def test_a_photo_sent_to_two_digit_models_is_one_notice_naming_both_in_order(home, saved_models, monkeypatch):
     import skimage.data
 
+    from resnet_hub import service
+    from resnet_hub.images import looks_like_photo
     from resnet_hub.predict import Predictor
     from resnet_hub.service import input_note, input_notes
 
@@ -156,7 +158,10 @@ def test_a_photo_sent_to_two_digit_models_is_one_notice_naming_both_in_order(hom
     for predictor in (a, b):
         predictor.model.info.training["kind"] = "digits"
     photo = Image.fromarray(skimage.data.chelsea())
+    looked = []
+    monkeypatch.setattr(service, "looks_like_photo", lambda p: looked.append(p) or looks_like_photo(p))
     notes = input_notes(photo, [a, b])
+    assert looked == [photo]  # the picture is judged once for both models
     assert len(notes) == 1 and notes[0].startswith(f"{PHOTO_TO_DIGITS}: {a.name} and {b.name} know only the digits")
     assert input_notes(photo, [b]) == [input_note(photo, b)]  # one model: its own notice, naming it
     assert input_notes(photo, [b, b]) == [input_note(photo, b)]  # the same model twice: not "b and b know"
