@@ -24,17 +24,10 @@ from resnet_hub.finetune import FREEZE_ADVICE, FinetuneConfig
 from resnet_hub.images import load_image
 from resnet_hub.model import build, stage_table, weighted_layers
 from resnet_hub.owners import Visitor, multi_user, new_browser_id, retention_hours
-from resnet_hub.service import (
-    COMPARE_RUNS,
-    IMAGE_SIZE,
-    NOTHING_TO_SEE,
-    PHOTO_TO_DIGITS,
-    FinetuneJobs,
-    ModelRegistry,
-    model_downloads,
-    push_stored_model,
-    zip_model_folder,
-)
+from resnet_hub.services.input_notes import NOTHING_TO_SEE, PHOTO_TO_DIGITS
+from resnet_hub.services.jobs import IMAGE_SIZE, FinetuneJobs
+from resnet_hub.services.publish import model_downloads, push_stored_model
+from resnet_hub.services.registry import COMPARE_RUNS, ModelRegistry
 from resnet_hub.store import remove_expired, store_root, stored_model
 from resnet_hub.training_slot import TRAINING, lower_this_threads_priority
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ResNetHubError
+from .tables import print_table
 
 EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 3
@@ -291,7 +292,7 @@ class _ProgressBar:
 
 
 def _starter(args: argparse.Namespace) -> dict[str, Any]:
-    from .store import build_starter
+    from .services.starters import build_starter
 
     out = {}
     for arch in args.archs:
@@ -315,7 +316,7 @@ def _registry(args: argparse.Namespace, choices: Sequence[str]):
     Short names fall back to the starter digit models offline, saying so (and training them
     first, with a progress bar, if this machine has none yet).
     """
-    from .service import ModelRegistry
+    from .services.registry import ModelRegistry
 
     registry = ModelRegistry(args.device, args.precision, check_hub=False, compile=args.compile, allow_paths=True,
                              engine=args.engine)
@@ -416,25 +417,6 @@ def _bench_finetune(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def print_table(rows: Sequence[dict[str, Any]]) -> None:
-    """Rows of dicts as an aligned Markdown table."""
-    if not rows:
-        return
-    headers = list(rows[0])
-    cells = [[_fmt(r.get(h, "")) for h in headers] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for c in cells:
-        print("| " + " | ".join(v.ljust(w) for v, w in zip(c, widths)) + " |")
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 0.01 else f"{value:,.2f}"
-    return str(value)
-
-
 def _print_notes(notes: Sequence[str], args: argparse.Namespace) -> None:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -445,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     # The service logs for the app's operator; here the same facts reach the user as "note:" lines.
-    logging.getLogger("resnet_hub.service").setLevel(logging.ERROR)
+    logging.getLogger("resnet_hub.services").setLevel(logging.ERROR)
 
     parser = build_parser()
     args = parser.parse_args(argv)

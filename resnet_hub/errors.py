@@ -45,3 +45,7 @@ class DataError(ResNetHubError, ValueError):
 
 class PushError(ResNetHubError):
     """A push to the Hub was refused before or during upload."""
+
+
+class ServiceError(ResNetHubError, ValueError):
+    """A request the app or the command line cannot serve, with what to do instead."""

@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import Any
 
+from .tables import print_table
+
 CHOICES = ("degradation", "gradients", "plain-vs-resnet", "all")
 
 
@@ -81,7 +83,6 @@ def _settings(experiment: str, args: argparse.Namespace):
 
 def _why_residual(args: argparse.Namespace) -> dict[str, Any]:
     from . import lab
-    from .__main__ import print_table
 
     experiments = lab.EXPERIMENTS if args.experiment == "all" else (args.experiment,)
     if args.cached:

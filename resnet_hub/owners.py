@@ -98,6 +98,11 @@ class Visitor:
     def can_own(self) -> bool:
         return self.shared or self.owner != "nobody"
 
+    def acts_for(self, owner: Visitor) -> bool:
+        """Whether this visitor may control (stop, cancel, review) what ``owner`` started: the local user may
+        control anything; a Space visitor only what one of their own identities started."""
+        return self.shared or bool(set(self.owners) & set(owner.owners))
+
     def hub_access(self) -> HubAccess:
         if self.shared:  # the machine's user fetches with their own login
             return HubAccess(token=None, max_weights_bytes=MAX_WEIGHTS_BYTES, login_hint="log in with `hf auth login`")

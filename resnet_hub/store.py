@@ -9,44 +9,21 @@ so two visitors may both call a model ``my-pets``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from .data import mnist_sample
 from .errors import ResNetHubError
-from .finetune import Event, FinetuneConfig, finetune
 from .layouts import CONFIG_NAME, WEIGHTS_NAME
 from .owners import Visitor
 
 STARTER_ARCHS = ("resnet18", "resnet50")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 VISITORS = "visitors"  # models/visitors/OWNER/NAME: never a model name of the shared store
-
-# The recipe the starter models are trained with: from scratch on the 4,000 training digits of the MNIST sample,
-# ImageNet stem at 32 px (ResNet-18) and 24 px (ResNet-50). The 0.8 centre crop drops most of the empty border
-# MNIST puts around each 20x20 digit. The last epoch trains on un-augmented digits, as they are served (+0.1%);
-# validation runs once, at the end. ResNet-50 learns slowly from scratch (AdamW; SGD stalls at these lengths):
-# more epochs at 24 px beat fewer at 32 px, and on CPU a 24 px epoch costs about what a 32 px one does, since
-# small ops, not convolution MACs, dominate there. Accuracy over 8 splits (seeds 0-7, on a GPU): ResNet-18
-# 98.45% mean (98.0-98.9) at 6 epochs, ResNet-50 98.59% (98.3-99.0). ResNet-18 now trains 8 epochs: over seeds 0-3
-# on 2 Sapphire Rapids cores, 6 epochs gave 98.35% (98.2-98.5), under the 98.5% the starters promise, and 8 gave
-# 98.75% (98.5-98.9) for 7 s more. On 2 Zen 5 cores ResNet-50 gave 98.50% (98.2-98.9) over seeds 0-3; 12 epochs,
-# lr 5e-3 and batch 64 gave means within 0.15 point of it, none without a seed under 98.5%; so did a moving average
-# of the weights (decay 0.98 or 0.95), distillation from the ResNet-18 starter, 32 px, digit augmentation from half to
-# 2.5x as strong, no label smoothing, CutMix and mixup (README). Measured with
-# `python -m resnet_hub starter --force --json`: see the closing notes of the fine-tuning issue.
-STARTER_RECIPE = {
-    "resnet18": FinetuneConfig(base="scratch:resnet18", epochs=8, lr=0.2, batch_size=128, image_size=32, crop_pct=0.8,
-                               clean_epochs=1, val_every_epoch=False),
-    "resnet50": FinetuneConfig(base="scratch:resnet50", epochs=10, lr=3e-3, optimizer="adamw", weight_decay=0.05,
-                               batch_size=128, image_size=24, crop_pct=0.8, clean_epochs=1,
-                               val_every_epoch=False),
-}
-
 
 def store_root() -> Path:
     return Path(os.environ.get("RESNET_HUB_HOME") or Path.home() / ".cache" / "resnet-hub").expanduser()
@@ -151,13 +128,10 @@ def remove_expired(max_age_s: float, *, now: float | None = None) -> list[Path]:
     return removed
 
 
-def build_starter(arch: str, *, on_event: Callable[[Event], None] | None = None, force: bool = False) -> Path:
-    """Train (once) and store the starter digit classifier for ``arch``; returns its folder."""
-    if arch not in STARTER_RECIPE:
-        raise ResNetHubError(f"no starter model for {arch!r}: choose one of {', '.join(STARTER_RECIPE)}")
-    folder = starter_folder(arch)
-    if is_model_folder(folder) and not force:
-        return folder
-    result = finetune(mnist_sample(), STARTER_RECIPE[arch], on_event=on_event)
-    result.model.info.training["name"] = starter_name(arch)
-    return result.save(folder, overwrite=True)
+def model_record(folder: str | Path) -> dict[str, Any]:
+    """A model folder's config.json as read, without loading the model; {} when it has none that reads as one."""
+    try:
+        record = json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}

@@ -35,6 +35,7 @@ def build_tiny_starters() -> None:
     from resnet_hub import store
     from resnet_hub.data import mnist_sample
     from resnet_hub.finetune import FinetuneConfig, finetune
+    from resnet_hub.services import starters
 
     for arch, per_class in TINY_STARTERS.items():
         if not store.is_model_folder(store.starter_folder(arch)):
@@ -43,7 +44,7 @@ def build_tiny_starters() -> None:
             result.model.info.training["name"] = store.starter_name(arch)
             result.save(store.starter_folder(arch))
         trained = []
-        store.build_starter(arch, on_event=trained.append)
+        starters.build_starter(arch, on_event=trained.append)
         if trained:
             raise RuntimeError(f"the app would train its {arch} starter: the pre-built one is not where it looks")
 

@@ -245,7 +245,7 @@ def test_stop_with_no_run_in_progress_only_warns(running_app):
 def test_a_second_finetune_waits_in_line_with_its_place_shown_then_runs(running_app, tmp_path, monkeypatch):
     """One training slot: a second visitor's run says how many trainings are ahead of it, starts by itself
     when the first ends, and the two training runs, timed inside the app, never overlap."""
-    from resnet_hub import service
+    from resnet_hub.services import jobs as service
 
     runs, lock, real_finetune = [], threading.Lock(), service.finetune
 

@@ -16,7 +16,7 @@ from resnet_hub.examples import calibration_images
 from resnet_hub.export import ONNX_OPSET, ExportError, export_onnx
 from resnet_hub.finetune import FinetuneConfig, finetune
 from resnet_hub.images import to_tensor_batch
-from resnet_hub.service import model_downloads
+from resnet_hub.services.publish import model_downloads
 
 from .conftest import ARCHS
 from .test_finetune import colour_zip

@@ -26,6 +26,7 @@ from resnet_hub.__main__ import EXIT_BAD_INPUT, EXIT_STOPPED, main
 from resnet_hub.data import mnist_sample, read_zip, stratified_split
 from resnet_hub.finetune import FinetuneConfig, FinetuneError, finetune, lr_at
 from resnet_hub.predict import Predictor
+from resnet_hub.services import starters
 
 from .conftest import needs_gpu
 
@@ -959,16 +960,16 @@ def test_torchrun_keeps_the_single_process_schedule_for_the_same_global_batch(dd
 def starter_store(tmp_path, monkeypatch):
     """An empty store with the resnet18 starter recipe shrunk to 3 steps; counts the training runs."""
     monkeypatch.setenv("RESNET_HUB_HOME", str(tmp_path))
-    monkeypatch.setitem(store.STARTER_RECIPE, "resnet18", FinetuneConfig(**TINY, epochs=1, lr=0.1))
-    monkeypatch.setattr(store, "mnist_sample", lambda: mnist_sample(limit_per_class=10))
+    monkeypatch.setitem(starters.STARTER_RECIPE, "resnet18", FinetuneConfig(**TINY, epochs=1, lr=0.1))
+    monkeypatch.setattr(starters, "mnist_sample", lambda: mnist_sample(limit_per_class=10))
     runs = []
-    real = store.finetune
-    monkeypatch.setattr(store, "finetune", lambda *a, **k: runs.append(1) or real(*a, **k))
+    real = starters.finetune
+    monkeypatch.setattr(starters, "finetune", lambda *a, **k: runs.append(1) or real(*a, **k))
     return runs
 
 
 def test_the_starter_is_trained_into_the_store_and_loads(starter_store, tmp_path):
-    folder = store.build_starter("resnet18")
+    folder = starters.build_starter("resnet18")
     assert folder == tmp_path / "models" / "starter-resnet18-mnist"
     model = resnet_hub.load(folder, device="cpu")
     assert model.labels == [str(d) for d in range(10)]
@@ -976,16 +977,16 @@ def test_the_starter_is_trained_into_the_store_and_loads(starter_store, tmp_path
 
 
 def test_a_stored_starter_is_not_trained_again(starter_store):
-    folder = store.build_starter("resnet18")
+    folder = starters.build_starter("resnet18")
     weights = folder / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
-    assert store.build_starter("resnet18") == folder
+    assert starters.build_starter("resnet18") == folder
     assert starter_store == [1] and weights.stat().st_mtime_ns == stamp
 
 
 def test_local_models_lists_the_starter_first(starter_store):
     resnet_hub.create("resnet18", num_classes=2).save_pretrained(store.models_dir() / "aaa-first-by-name")
-    folder = store.build_starter("resnet18")
+    folder = starters.build_starter("resnet18")
     assert store.local_models() == [folder, store.models_dir() / "aaa-first-by-name"]
 
 

@@ -15,7 +15,12 @@ from resnet_hub.errors import ResNetHubError
 from resnet_hub.finetune import FinetuneConfig
 from resnet_hub.hub import source_label
 from resnet_hub.images import looks_like_photo
-from resnet_hub.service import PHOTO_TO_DIGITS, FinetuneJobs, ModelRegistry, ServiceError, StarterBuilds
+from resnet_hub.errors import ServiceError
+from resnet_hub.services import starters
+from resnet_hub.services.input_notes import PHOTO_TO_DIGITS
+from resnet_hub.services.jobs import FinetuneJobs
+from resnet_hub.services.registry import ModelRegistry
+from resnet_hub.services.starters import StarterBuilds
 from resnet_hub.training_slot import TrainingSlot
 
 
@@ -136,7 +141,7 @@ def test_a_digit_model_says_a_photo_answer_means_nothing(home, saved_models):
     import skimage.data
 
     from resnet_hub.predict import Predictor
-    from resnet_hub.service import input_note
+    from resnet_hub.services.input_notes import input_note
 
     predictor = Predictor(saved_models["resnet18"], "cpu", "fp32")
     predictor.model.info.training["kind"] = "digits"
@@ -149,10 +154,10 @@ def test_a_digit_model_says_a_photo_answer_means_nothing(home, saved_models):
 def test_a_photo_sent_to_two_digit_models_is_one_notice_naming_both_in_order(home, saved_models, monkeypatch):
     import skimage.data
 
-    from resnet_hub import service
+    from resnet_hub.services import input_notes as service
     from resnet_hub.images import looks_like_photo
     from resnet_hub.predict import Predictor
-    from resnet_hub.service import input_note, input_notes
+    from resnet_hub.services.input_notes import input_note, input_notes
 
     a, b = (Predictor(saved_models[arch], "cpu", "fp32") for arch in ("resnet18", "resnet50"))
     for predictor in (a, b):
@@ -171,7 +176,7 @@ def test_a_tiny_or_blank_image_is_said_to_show_nothing_on_any_model(home, saved_
     """A 1x1 picture got "1", 86%, from the digit starter, with only the note that it was centred like a digit."""
     from resnet_hub.data import mnist_sample
     from resnet_hub.predict import Predictor
-    from resnet_hub.service import NOTHING_TO_SEE, input_note, input_notes
+    from resnet_hub.services.input_notes import NOTHING_TO_SEE, input_note, input_notes
 
     a, b = (Predictor(saved_models[arch], "cpu", "fp32") for arch in ("resnet18", "resnet50"))
     a.model.info.training["kind"] = "digits"
@@ -194,8 +199,8 @@ def tiny_recipe(home, monkeypatch):
 
     tiny = {arch: FinetuneConfig(base=f"scratch:{arch}", epochs=1, image_size=32, batch_size=16)
             for arch in store.STARTER_ARCHS}
-    monkeypatch.setattr(store, "STARTER_RECIPE", tiny)
-    monkeypatch.setattr(store, "mnist_sample", lambda: mnist_sample(limit_per_class=10))
+    monkeypatch.setattr(starters, "STARTER_RECIPE", tiny)
+    monkeypatch.setattr(starters, "mnist_sample", lambda: mnist_sample(limit_per_class=10))
     builds = StarterBuilds()
     yield builds
     # The background thread goes on to the next starter: let it finish while this test's store is set.
@@ -244,17 +249,17 @@ def test_a_starter_deleted_from_the_store_is_built_again(tiny_recipe):
 
 
 def test_a_failed_starter_build_is_an_error_and_is_retried(tiny_recipe, monkeypatch):
-    from resnet_hub import service
+    real_build = starters.build_starter
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(service, "build_starter", broken)
+    monkeypatch.setattr(starters, "build_starter", broken)
     builds = tiny_recipe
     with pytest.raises(ServiceError, match="ResNet-18 starter model could not be built: RuntimeError: disk full"):
         builds.wait("resnet18")
     assert "could not be built" in builds.builds["resnet18"].describe()
-    monkeypatch.setattr(service, "build_starter", store.build_starter)
+    monkeypatch.setattr(starters, "build_starter", real_build)
     builds.wait("resnet18")
     assert builds.builds["resnet18"].state == "ready"
 
@@ -338,7 +343,7 @@ def test_visitors_models_are_removed_after_the_retention_time_and_the_shared_sto
 def test_200_typed_repo_ids_leave_the_loaded_models_and_the_lock_table_bounded(home, fake_hub, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from resnet_hub.service import MAX_LOADED_MODELS
+    from resnet_hub.services.registry import MAX_LOADED_MODELS
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     tiny = save_tiny(tmp_path / "tiny")
@@ -544,7 +549,7 @@ def test_a_finetune_stopped_in_line_leaves_it_and_trains_nothing(home, tmp_path)
 def test_a_pushed_card_names_no_uploaded_file_unless_asked(home, tmp_path, fake_hub):
     from resnet_hub.data import read_zip
     from resnet_hub.finetune import finetune
-    from resnet_hub.service import push_stored_model
+    from resnet_hub.services.publish import push_stored_model
 
     from .test_app import colour_zip
 
