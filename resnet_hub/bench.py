@@ -400,20 +400,18 @@ def photo_zip(path, classes: int = 8, per_class: int = 24, side: int = 320, seed
 
     from PIL import Image
 
-    from .examples import CALIBRATION_PHOTOS
-
-    import skimage.data
+    from .examples import CALIBRATION_PHOTOS, photo
 
     rng = random.Random(seed)
     with zipfile.ZipFile(path, "w") as archive:
         for name in CALIBRATION_PHOTOS[:classes]:
-            photo = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+            picture = photo(name)
             for i in range(per_class):
-                w, h = photo.size
+                w, h = picture.size
                 s = rng.uniform(0.5, 1.0)
                 cw, ch = int(w * s), int(h * s)
                 x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-                view = photo.crop((x, y, x + cw, y + ch)).resize((side, side * ch // cw))
+                view = picture.crop((x, y, x + cw, y + ch)).resize((side, side * ch // cw))
                 if rng.random() < 0.5:
                     view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
                 buffer = io.BytesIO()

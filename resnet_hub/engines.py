@@ -31,7 +31,6 @@ import shutil
 import statistics
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from . import atomic
 from .errors import ResNetHubError
 from .hardware import DTYPES, cpu_has_fast_bf16, cpu_has_int8, cpu_model_name, fast_precisions, synchronize
 from .model import Bottleneck, ResNet
@@ -174,6 +174,9 @@ class TorchEngine:
 # OpenVINO
 
 
+OPENVINO_EXTRA = "pip install 'resnet-hub[openvino]'"  # OpenVINO and NNCF: not core dependencies
+
+
 @functools.cache
 def openvino_available() -> str | None:
     """None when OpenVINO imports and has a CPU device here, else why not."""
@@ -184,9 +187,21 @@ def openvino_available() -> str | None:
 
         if "CPU" not in core().available_devices:
             return "OpenVINO sees no CPU device"
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == "openvino":
+            return f"OpenVINO is not installed: {OPENVINO_EXTRA} adds it"
+        return f"OpenVINO is not usable here (ModuleNotFoundError: {e}); {OPENVINO_EXTRA}"
     except Exception as e:  # noqa: BLE001 - a broken install can raise anything at import
-        return f"OpenVINO is not usable here ({type(e).__name__}: {e}); pip install openvino"
+        return f"OpenVINO is not usable here ({type(e).__name__}: {e}); {OPENVINO_EXTRA}"
     return None
+
+
+@functools.cache
+def nncf_available() -> bool:
+    """Whether NNCF (OpenVINO's int8 quantizer) is installed, without importing it (~0.4 s)."""
+    import importlib.util
+
+    return importlib.util.find_spec("nncf") is not None
 
 
 @functools.cache
@@ -318,6 +333,8 @@ def _check_openvino(precision: str, calibrated: bool) -> None:
         raise EngineError("OpenVINO bf16 needs a CPU with AVX-512-BF16 or AMX")
     if precision == "int8" and not calibrated:
         raise EngineError("OpenVINO int8 needs calibration images")
+    if precision == "int8" and not nncf_available():
+        raise EngineError(f"OpenVINO int8 needs NNCF, which is not installed: {OPENVINO_EXTRA} adds it")
 
 
 def _quantized_cached(folder: Path | None, converted: Callable[[], Any], calibration: Callable[[], Tensor]
@@ -512,17 +529,15 @@ def _write_ir(ov_model, folder: Path) -> None:
     import openvino as ov
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
     try:
-        ov.save_model(ov_model, staging / "model.xml", compress_to_fp16=False)
-        sums = {name: _file_digest(staging / name) for name in ("model.xml", "model.bin")}
-        (staging / "manifest.json").write_text(json.dumps(sums))
-        try:
-            os.rename(staging, folder)
-        except OSError:  # another process cached it first
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with atomic.atomic_path(folder) as staging:
+            ov.save_model(ov_model, staging / "model.xml", compress_to_fp16=False)
+            sums = {name: _file_digest(staging / name) for name in ("model.xml", "model.bin")}
+            (staging / "manifest.json").write_text(json.dumps(sums))
+    except OSError:
+        if not folder.is_dir():
+            raise
+        # another process cached it first: its folder stays
 
 
 # ---------------------------------------------------------------------------
@@ -582,6 +597,8 @@ class EngineChoice:
         if self.runner_up:
             runner = next(c for c in self.candidates if c.name == self.runner_up)
             text += f"; runner-up {runner.name} ({_ms(runner.b1_ms)} + {_ms(runner.b8_ms)})"
+        if any(c.why and OPENVINO_EXTRA in c.why for c in self.candidates):
+            text += f"; OpenVINO's engines are not installed ({OPENVINO_EXTRA} adds them, often the fastest on a CPU)"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -684,8 +701,9 @@ def choose(model: ResNet, device: torch.device, *, engine: str, calibration: Ten
         for e, p in candidates(device, engine)
     }
     builders.update(extra or {})
-    choice_file = (cache_dir / f"choice-{_digest(CHOICE_FORMAT, weights_key, str(device), *builders)[:24]}.json"
-                   if cache_dir else None)
+    # OpenVINO's and NNCF's versions in the key: installing (or updating) them makes the choice afresh.
+    key = _digest(CHOICE_FORMAT, weights_key, str(device), openvino_version(), nncf_version(), *builders)
+    choice_file = cache_dir / f"choice-{key[:24]}.json" if cache_dir else None
     cached = _read_choice(choice_file)
     if cached is not None and cached.chosen in builders:
         try:
@@ -733,9 +751,7 @@ def _write_choice(path: Path | None, choice: EngineChoice) -> None:
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(choice.to_dict(), indent=1))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(choice.to_dict(), indent=1))
 
 
 # ---------------------------------------------------------------------------

@@ -1,17 +1,19 @@
-"""Example inputs that ship with installed packages: real photos and real digits, no network."""
+"""Example inputs that ship with the package: real photos (scikit-image's, in ``photos/``) and real digits, no network."""
 
 from __future__ import annotations
 
 import functools
-import os
+import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from . import atomic
 from .store import store_root
 
-# scikit-image's bundled photos (public domain or CC0; see skimage.data)
+# scikit-image's photos, shipped in photos/ with the pixels skimage.data gives; sources and licences: photos/sources.json
+PHOTO_FOLDER = Path(__file__).with_name("photos")
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")
 DIGITS = (3, 7, 9)
 CALIBRATION_PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry", "retina")
@@ -23,10 +25,8 @@ def example_images() -> tuple[Path, ...]:
     folder = store_root() / "examples"
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    import skimage.data
-
     for name in PHOTOS:
-        paths.append(_write(folder / f"{name}.png", lambda n=name: getattr(skimage.data, n)()))
+        paths.append(_write(folder / f"{name}.png", lambda n=name: photo(n)))
     from .data import mnist_sample
 
     digits = mnist_sample(limit_per_class=1)
@@ -42,9 +42,8 @@ def _write(path: Path, pixels) -> Path:
         array = np.asarray(pixels())
         if array.ndim == 3 and array.shape[-1] == 4:
             array = array[..., :3]
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        Image.fromarray(array.astype(np.uint8)).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with atomic.atomic_path(path) as tmp:
+            Image.fromarray(array.astype(np.uint8)).save(tmp, format="PNG")
     return path
 
 
@@ -88,16 +87,28 @@ def _spread(j: int, size: int) -> int:
     return (j * stride) % size
 
 
+@functools.cache
+def _photo_files() -> dict[str, str]:
+    return {name: entry["file"] for name, entry in json.loads((PHOTO_FOLDER / "sources.json").read_text())["photos"].items()}
+
+
+def photo(name: str) -> Image.Image:
+    """The shipped photo ``skimage.data.<name>()`` gives, as RGB (a grey one as three equal channels).
+
+    >>> photo("chelsea").size
+    (451, 300)
+    """
+    files = _photo_files()
+    if name not in files:
+        raise ValueError(f"no shipped photo {name!r}: choose one of {', '.join(sorted(files))}")
+    with Image.open(PHOTO_FOLDER / files[name]) as image:
+        return image.convert("RGB")
+
+
 def _views(names: tuple[str, ...], n: int, offset: int) -> list[Image.Image]:
     import random
 
-    import skimage.data
-
-    base = []
-    for name in names:
-        pixels = getattr(skimage.data, name)()
-        pixels = pixels[0] if isinstance(pixels, tuple) else pixels
-        base.append(Image.fromarray(np.asarray(pixels)[..., :3] if np.ndim(pixels) == 3 else np.asarray(pixels)).convert("RGB"))
+    base = [photo(name) for name in names]
     out = []
     for index in range(offset, offset + n):
         img, view = base[index % len(base)], index // len(base)

@@ -8,13 +8,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import atomic
 from .errors import ResNetHubError
 from .quiet import quiet_warnings
 from .weights import HubResNet
@@ -54,12 +54,13 @@ def export_onnx(model: HubResNet, path: str | os.PathLike, *, opset: int = ONNX_
     """
     import numpy as np
 
+    _require_onnx()
     path = Path(path)
     cpu = _cpu_copy(model)
     if images is None:
         images = _check_images(model)
-    tmp = Path(tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)[1])
-    try:
+    # fsync: the export is a model the user asked for, and may be the only copy they take away.
+    with atomic.atomic_path(path, fsync=True) as tmp:
         try:
             # torch 2.14 calls the TorchScript exporter legacy; its dynamo successor needs onnxscript, not installed.
             with quiet_warnings():
@@ -80,10 +81,17 @@ def export_onnx(model: HubResNet, path: str | os.PathLike, *, opset: int = ONNX_
         if agree < 1.0:
             raise ExportError(f"the ONNX export of {model.config.architecture} disagrees with PyTorch on "
                               f"{1 - agree:.0%} of {len(images)} images (logits differ by up to {diff:.3g}): not offered")
-        os.replace(tmp, path)
-        return OnnxExport(path, opset, len(images), agree, diff)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return OnnxExport(path, opset, len(images), agree, diff)
+
+
+def _require_onnx() -> None:
+    """An :class:`ExportError` naming the extra to install when onnx or onnxruntime is missing (not core dependencies)."""
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(f"ONNX export needs {' and '.join(missing)}, not installed here: "
+                          f"pip install 'resnet-hub[onnx]' adds {'them' if len(missing) > 1 else 'it'}")
 
 
 def _cpu_copy(model: HubResNet) -> torch.nn.Module:

@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import atomic
 from .data import ImageDataset, stratified_split
 from .errors import DataError, LayoutError, ResNetHubError
 from .finetune_config import (  # noqa: F401 - re-exported
@@ -629,9 +630,7 @@ def _record_conversion(record: Path, size: str, seconds: float) -> None:
     seen[size] = round(seconds, 2)
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
-        staging = record.with_name(f".{record.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        staging.write_text(json.dumps(seen, indent=1))
-        os.replace(staging, record)
+        atomic.write_text(record, json.dumps(seen, indent=1))
     except OSError:
         pass  # a read-only cache: the next run estimates from the default again
 

@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -509,13 +510,22 @@ def cam_layer(model: ResNet) -> str:
 
 
 def overlay_heatmap(picture: Image.Image, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:
-    """Blend a [0, 1] heatmap (any size) over ``picture`` with a perceptual colour map."""
-    from matplotlib import colormaps
-
+    """Blend a [0, 1] heatmap (any size) over ``picture`` with a perceptual colour map (matplotlib's inferno)."""
     heat_img = Image.fromarray(np.uint8(np.clip(heat, 0, 1) * 255)).resize(picture.size, Image.Resampling.BICUBIC)
-    colored = colormaps["inferno"](np.asarray(heat_img) / 255.0)[..., :3]
+    colored = _colour(np.asarray(heat_img) / 255.0)
     blended = (1 - alpha) * np.asarray(picture.convert("RGB"), dtype=np.float32) / 255 + alpha * colored
     return Image.fromarray(np.uint8(np.clip(blended, 0, 1) * 255))
+
+
+@functools.cache
+def _inferno() -> np.ndarray:
+    return np.loadtxt(Path(__file__).with_name("inferno.csv"), delimiter=",")  # (256, 3)
+
+
+def _colour(values: np.ndarray) -> np.ndarray:
+    """(..., 3) RGB in [0, 1] for ``values`` in [0, 1]: the table lookup matplotlib's ``colormaps["inferno"]`` does."""
+    table = _inferno()
+    return table[np.clip((values * len(table)).astype(int), 0, len(table) - 1)]
 
 
 # ---------------------------------------------------------------------------

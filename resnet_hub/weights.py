@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from . import atomic
 from .errors import (
     CorruptWeightsError,
     LayoutError,
@@ -237,6 +238,8 @@ def _atomic_folder(folder: Path) -> Iterator[Path]:
     try:
         yield tmp
         tmp.chmod(0o755)  # mkdtemp makes it 0700; a saved model should read like any other folder
+        # fsync: the weights may be a fine-tune's only copy; unflushed, a power cut can leave empty files in place.
+        atomic.sync(tmp)
         if folder.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
             os.replace(folder, old / folder.name)
@@ -244,6 +247,7 @@ def _atomic_folder(folder: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, folder)
+        atomic.sync(folder.parent, recursive=False)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -168,6 +168,35 @@ def test_a_forced_engine_that_is_missing_falls_back_to_torch_and_says_so(monkeyp
     assert any(c.name.startswith("openvino") and "not usable" in c.why for c in auto.engine_choice.candidates)
 
 
+@pytest.fixture
+def without_openvino(monkeypatch):
+    """OpenVINO and NNCF not installed (importing them raises ModuleNotFoundError), as after a core `pip install .`."""
+    import sys
+
+    for name in ("openvino", "nncf"):
+        monkeypatch.setitem(sys.modules, name, None)
+    engines.openvino_available.cache_clear()
+    monkeypatch.setattr(engines, "nncf_available", lambda: False)
+    yield
+    engines.openvino_available.cache_clear()
+
+
+def test_without_openvino_installed_the_choice_is_torch_and_names_the_extra_that_adds_it(without_openvino, tmp_path):
+    choice = Predictor(photo_model(), "cpu", cache_dir=tmp_path).engine_choice
+    assert choice.chosen.startswith("torch")
+    refused = {c.name: c.why for c in choice.candidates if c.name.startswith("openvino")}
+    assert refused and all("OpenVINO is not installed: pip install 'resnet-hub[openvino]'" in why
+                           for why in refused.values())
+    assert "pip install 'resnet-hub[openvino]' adds them" in choice.summary()
+
+
+def test_openvino_int8_without_nncf_is_refused_with_the_extra_that_adds_it(monkeypatch):
+    monkeypatch.setattr(engines, "openvino_available", lambda: None)
+    monkeypatch.setattr(engines, "nncf_available", lambda: False)
+    with pytest.raises(EngineError, match=r"needs NNCF.*pip install 'resnet-hub\[openvino\]'"):
+        engines._check_openvino("int8", calibrated=True)
+
+
 def test_a_model_openvino_cannot_convert_falls_back_and_says_why(monkeypatch, tmp_path):
     import openvino
 

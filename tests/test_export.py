@@ -62,6 +62,16 @@ def test_an_exporter_failure_is_a_clear_message_and_leaves_no_file(tuned, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_without_onnxruntime_installed_the_export_names_the_extra_that_adds_it(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "onnxruntime" else object())
+    with pytest.raises(ExportError, match=r"needs onnxruntime, not installed here: pip install 'resnet-hub\[onnx\]'"):
+        export_onnx(resnet_hub.create("resnet18", num_classes=2), tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_download_keeps_the_safetensors_zip_when_the_export_fails(tuned, tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "export_onnx", lambda *a, **k: (_ for _ in ()).throw(ExportError("it broke")))
     files, note = model_downloads(tuned["resnet18"], tmp_path)

@@ -439,3 +439,18 @@ def test_gradcam_uses_layer4_unless_its_map_is_too_coarse_to_point_anywhere():
     assert cam_layer(resnet_hub.create("resnet50")) == "layer4"  # 7x7 at 224 px
     digits = resnet_hub.create("resnet18", num_classes=10, preprocessing=Preprocessing(input_size=32, crop_pct=1.0))
     assert cam_layer(digits) == "layer2"  # layer4 is 1x1 and layer3 2x2 at 32 px: layer2 is 4x4
+
+
+def test_the_heatmap_overlay_has_matplotlibs_inferno_colours_without_importing_matplotlib(monkeypatch):
+    import sys
+
+    from matplotlib import colormaps
+
+    from resnet_hub.predict import overlay_heatmap
+
+    picture = Image.new("RGB", (256, 1), "black")
+    levels = np.arange(256, dtype=np.uint8)[None, :]  # every level once, left to right
+    want = np.uint8(np.clip(0.45 * colormaps["inferno"](levels / 255.0)[..., :3], 0, 1) * 255)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    got = np.asarray(overlay_heatmap(picture, levels / 255.0))
+    np.testing.assert_array_equal(got, want)

@@ -5,10 +5,9 @@ the project's own full runs, shipped in the package (``measured/``), which a fre
 from __future__ import annotations
 
 import json
-import os
-import threading
 from pathlib import Path
 
+from .. import atomic
 from ..store import store_root
 from .results import GradientResult, Result, TrainingResult
 from .settings import LabError, check_experiment
@@ -25,12 +24,7 @@ def save_cached(result: Result) -> Path:
         raise LabError(f"the {result.experiment} run was stopped: only completed runs are kept")
     path = cache_path(result.experiment)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        tmp.write_text(json.dumps(result.to_dict(), indent=1, allow_nan=False), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_text(path, json.dumps(result.to_dict(), indent=1, allow_nan=False))
     return path
 
 
