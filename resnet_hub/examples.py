@@ -6,45 +6,22 @@ import functools
 import json
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-from . import atomic
-from .store import store_root
 
 # scikit-image's photos, shipped in photos/ with the pixels skimage.data gives; sources and licences: photos/sources.json
 PHOTO_FOLDER = Path(__file__).with_name("photos")
-PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")
+PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")  # shown as examples
+DIGIT_FOLDER = Path(__file__).with_name("example_images")
 DIGITS = (3, 7, 9)
 CALIBRATION_PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "cat", "hubble_deep_field", "immunohistochemistry", "retina")
 
 
-@functools.cache
 def example_images() -> tuple[Path, ...]:
-    """PNG files of a few real photos and MNIST digits, written once into the store."""
-    folder = store_root() / "examples"
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in PHOTOS:
-        paths.append(_write(folder / f"{name}.png", lambda n=name: photo(n)))
-    from .data import mnist_sample
-
-    digits = mnist_sample(limit_per_class=1)
-    for digit in DIGITS:
-        image = digits.images[digits.targets.index(digits.classes.index(str(digit)))]
-        # 28 px is too small to see in a browser: 4x, nearest neighbour, keeps the real pixels.
-        paths.append(_write(folder / f"mnist-digit-{digit}.png", lambda im=image: im.resize((112, 112), Image.Resampling.NEAREST)))
-    return tuple(paths)
-
-
-def _write(path: Path, pixels) -> Path:
-    if not path.is_file():
-        array = np.asarray(pixels())
-        if array.ndim == 3 and array.shape[-1] == 4:
-            array = array[..., :3]
-        with atomic.atomic_path(path) as tmp:
-            Image.fromarray(array.astype(np.uint8)).save(tmp, format="PNG")
-    return path
+    """The example files the app shows: a few of the shipped photos, then real MNIST digits (shipped in
+    ``example_images/``, sources beside them). Read-only: nothing is written."""
+    return (*(photo_file(name) for name in PHOTOS),
+            *(DIGIT_FOLDER / f"mnist-digit-{digit}.png" for digit in DIGITS))
 
 
 def calibration_images(kind: str = "photo", n: int = 32, offset: int = 0) -> list[Image.Image]:
@@ -92,16 +69,21 @@ def _photo_files() -> dict[str, str]:
     return {name: entry["file"] for name, entry in json.loads((PHOTO_FOLDER / "sources.json").read_text())["photos"].items()}
 
 
+def photo_file(name: str) -> Path:
+    """The shipped file of the photo ``skimage.data.<name>()`` gives."""
+    files = _photo_files()
+    if name not in files:
+        raise ValueError(f"no shipped photo {name!r}: choose one of {', '.join(sorted(files))}")
+    return PHOTO_FOLDER / files[name]
+
+
 def photo(name: str) -> Image.Image:
     """The shipped photo ``skimage.data.<name>()`` gives, as RGB (a grey one as three equal channels).
 
     >>> photo("chelsea").size
     (451, 300)
     """
-    files = _photo_files()
-    if name not in files:
-        raise ValueError(f"no shipped photo {name!r}: choose one of {', '.join(sorted(files))}")
-    with Image.open(PHOTO_FOLDER / files[name]) as image:
+    with Image.open(photo_file(name), formats=("PNG", "JPEG", "WEBP")) as image:
         return image.convert("RGB")
 
 

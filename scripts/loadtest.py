@@ -84,6 +84,8 @@ def start_app_here():
         result.save(store.starter_folder(arch))
     import app
 
+    app.ctx.start()
+
     _, url, _ = app.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True,
                                 **app.launch_options())
     return app.demo, url

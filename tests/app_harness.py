@@ -68,6 +68,7 @@ def running_app(root: Path) -> Iterator[RunningApp]:
         build_tiny_starters()
         sys.modules.pop("app", None)
         app = importlib.import_module("app")
+        app.ctx.start()
         _, url, _ = app.demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True,
                                     **app.launch_options())
         from gradio_client import Client
@@ -75,7 +76,7 @@ def running_app(root: Path) -> Iterator[RunningApp]:
         yield RunningApp(app, url, Client(url, verbose=False), home, gradio_tmp)
     finally:
         if app is not None:
-            app.jobs.close()  # its background preparations end before the environment they read is restored
+            app.ctx.close()  # its background preparations end before the environment they read is restored
             app.demo.close()
         sys.modules.pop("app", None)
         constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE = saved_hub
@@ -131,7 +132,7 @@ def space_app(root: Path, *, extra_env: dict[str, str] | None = None) -> Iterato
     env.update(SPACE_ENV, RESNET_HUB_HOME=str(home), HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(empty_cache),
                HF_HOME=str(root / "hf-home"), GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(gradio_tmp),
                GRADIO_SSR_MODE="true", **(extra_env or {}))
-    code = ("import app; app.demo.launch(server_name='127.0.0.1', server_port=%d, quiet=True, **app.launch_options())"
+    code = ("import app; app.ctx.start(); app.demo.launch(server_name='127.0.0.1', server_port=%d, quiet=True, **app.launch_options())"
             % port)
     log = root / "app.log"
     repo = Path(__file__).resolve().parent.parent

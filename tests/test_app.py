@@ -23,6 +23,11 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image, ImageDraw
 
+from resnet_hub.ui.app import BANNER_BEFORE_LOAD, QUEUE_SIZE
+from resnet_hub.ui.charts import accuracy_curves, lab_gradient_curves
+from resnet_hub.ui.common import HEATMAP_MIN_SIDE
+from resnet_hub.ui.lab import lab_cached
+
 ARCHS = ["resnet18", "resnet50"]
 DIGIT_LABELS = {str(d) for d in range(10)}
 ENDPOINTS = {"/classify", "/compare", "/finetune", "/stop_finetune", "/cancel_finetune", "/finetune_mistakes", "/push",
@@ -104,13 +109,14 @@ def assert_still_serves(client: Client) -> None:
 
 
 def test_banner_says_the_imagenet_weights_are_unreachable_and_starters_serve(running_app):
-    banner = running_app.module.registry.banner
-    assert running_app.module.registry.uses_starters
+    banner = running_app.module.ctx.registry.banner
+    assert running_app.module.ctx.registry.uses_starters
     assert "Offline: the ImageNet weights are not reachable" in banner and "starter digit classifiers" in banner
 
+    # The page is built before the Hub check: it says which weights serve once it loads (the browser tests read it).
     config = httpx.get(running_app.url + "config", timeout=10).json()
     served = [c["props"].get("value") for c in config["components"] if c["props"].get("elem_id") == "weights-banner"]
-    assert served == [banner]
+    assert served == [BANNER_BEFORE_LOAD]
     assert httpx.get(running_app.url, timeout=10).status_code == 200
 
 
@@ -128,7 +134,7 @@ def test_every_event_is_a_named_api_endpoint(running_app):
 
 def test_the_queue_is_bounded(running_app):
     app = running_app.module
-    assert app.demo._queue.max_size == app.QUEUE_SIZE == 64
+    assert app.demo._queue.max_size == QUEUE_SIZE == 64
 
 
 # --- classify --------------------------------------------------------------------------------
@@ -148,7 +154,7 @@ def test_classify_an_example_gives_top_k_a_timing_and_a_heatmap(running_app, kin
     assert f"{arch.replace('resnet', 'ResNet-')} (starter digits)" in timing
     assert str(running_app.home) not in timing  # a store model is named, its server path is not shown
     with Image.open(heatmap) as overlay:
-        assert min(overlay.size) >= running_app.module.HEATMAP_MIN_SIDE  # the starters see 32 px: shown larger
+        assert min(overlay.size) >= HEATMAP_MIN_SIDE  # the starters see 32 px: shown larger
 
 
 def test_classify_a_digit_drawn_on_the_sketchpad(running_app, tmp_path):
@@ -224,8 +230,8 @@ def test_finetune_on_an_uploaded_zip_adds_a_model_to_every_chooser(running_app, 
     assert {row[1] for row in loss["data"]} == {"train loss"}
     assert {row[1] for row in accuracy["data"]} == {"train accuracy", "validation accuracy"}
     assert all(0 <= row[2] <= 1 for row in accuracy["data"] if row[2] is not None)
-    assert ("test-colors (fine-tuned here)", "local:test-colors") in app.registry.choices()
-    assert len(choosers) == app.CHOOSERS
+    assert ("test-colors (fine-tuned here)", "local:test-colors") in app.ctx.registry.choices()
+    assert len(choosers) == 5  # Classify, Compare A and B, Fine-tune base, Push
     for chooser in choosers:
         assert ["test-colors (fine-tuned here)", "local:test-colors"] in chooser["choices"]
     weights, onnx = download
@@ -260,7 +266,7 @@ def test_a_second_finetune_waits_in_line_with_its_place_shown_then_runs(running_
     monkeypatch.setattr(service, "finetune", timed_finetune)
     data = colour_zip(tmp_path / "bigger.zip", per_class=40)
     first = running_app.client.submit(*finetune_args(data, "first-run", epochs=2), api_name="/finetune")
-    assert wait_for(lambda: running_app.module.jobs.slot.busy, 60)
+    assert wait_for(lambda: running_app.module.ctx.jobs.slot.busy, 60)
     second = Client(running_app.url, verbose=False).submit(*finetune_args(data, "second-run"), api_name="/finetune")
 
     assert wait_for(lambda: any("Waiting in line: 1 training ahead of yours" in str(o[0]) for o in second.outputs()), 60)
@@ -417,7 +423,7 @@ def test_a_live_lab_run_waits_in_line_behind_a_training_and_then_runs(running_ap
     from resnet_hub.lab import GradientSettings
     from resnet_hub.training_slot import TRAINING
 
-    monkeypatch.setattr(running_app.module, "LAB_LIVE",
+    monkeypatch.setattr(running_app.module.ctx.lab, "live_settings",
                         {"gradients": GradientSettings(depths=(8,), width=2, batch_size=8, seed=0)})
     fine_tune = TRAINING.enter("a fine-tune")  # holds the slot
     try:
@@ -471,7 +477,7 @@ def test_a_vanished_gradient_is_drawn_at_the_floor_and_coinciding_initialisation
         net("plain", True, "naive", [10.0, 1.0, 0.1, 1e-2]),
         net("plain", True, "kaiming", [11.0, 1.0, 0.1, 1e-2]),  # within 0.1 in log10 at every block: one line
     ])
-    frame = running_app.module.lab_gradient_curves(result)
+    frame = lab_gradient_curves(result)
     lines = {v: list(frame[frame["variant"] == v]["log10 gradient"]) for v in frame["variant"].unique()}
     assert lines == {
         "plain, naive (floored)": [-8.0, -8.0, -8.0, -2.0],
@@ -482,7 +488,7 @@ def test_a_vanished_gradient_is_drawn_at_the_floor_and_coinciding_initialisation
 
 def test_a_fresh_store_shows_the_projects_own_lab_runs_and_says_whose_they_are(running_app, tmp_path, monkeypatch):
     monkeypatch.setenv("RESNET_HUB_HOME", str(tmp_path / "fresh"))
-    plots_and_captions = running_app.module.lab_cached()
+    plots_and_captions = lab_cached()
     for plot, caption in zip(plots_and_captions[::2], plots_and_captions[1::2]):
         assert plot is not None and len(plot) > 0
         assert caption.startswith("Measured by the project (shipped with the app; `python -m resnet_hub why-residual")
@@ -496,18 +502,17 @@ def test_a_curve_with_points_has_no_gap_and_a_series_without_any_still_names_its
     def step(images, accuracy):
         return Event("step", images // 64, 8, 0, 1, train_accuracy=accuracy, images=images)
 
-    module = running_app.module
     history = [Event("epoch", 0, 8, 0, 1, val_accuracy=0.1), step(64, 0.2), step(128, 0.5),
                Event("epoch", 8, 8, 1, 1, val_accuracy=0.9, images=512)]
-    frame = module.accuracy_curves(history)
+    frame = accuracy_curves(history)
     assert list(frame["series"].unique()) == ["train accuracy", "validation accuracy"]  # the colours' fixed order
     assert not frame["accuracy"].isna().any()
     validation = frame[frame["series"] == "validation accuracy"]
     assert list(zip(validation["images"], validation["accuracy"])) == [(0, 0.1), (512, 0.9)]
 
     # Before the first epoch ends: the validation before training, then steps; every series named from the start.
-    early = module.accuracy_curves(history[:2])
+    early = accuracy_curves(history[:2])
     assert list(early["series"].unique()) == ["train accuracy", "validation accuracy"]
-    first = module.accuracy_curves([step(64, 0.2)])
+    first = accuracy_curves([step(64, 0.2)])
     assert list(first["series"]) == ["train accuracy", "validation accuracy"]
     assert first["accuracy"].isna().tolist() == [False, True]  # the placeholder: only where a series has no point

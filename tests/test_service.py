@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -605,3 +606,53 @@ def test_stop_saves_what_the_run_learned_and_cancel_saves_nothing(home, tmp_path
     review = jobs.review(job.id, visitor(ALICE))
     assert review is not None and review.results.classes == job.dataset.classes
     assert jobs.review(job.id, visitor(BOB)) is None  # another visitor's mistakes are not shown
+
+
+@pytest.mark.parametrize("how", ["stop", "cancel"])
+def test_only_the_visitor_who_started_a_finetune_may_stop_or_cancel_it(home, tmp_path, how):
+    from .test_app import colour_zip
+
+    jobs = FinetuneJobs(ModelRegistry(check_hub=False), TrainingSlot())
+    config = FinetuneConfig(base="scratch:resnet18", epochs=50, image_size=32, batch_size=8)
+    job = jobs.start(colour_zip(tmp_path / "c.zip", per_class=8), config, "alices", visitor=visitor(ALICE))
+    _wait_for_a_step(job)
+    assert not getattr(jobs, how)(job.id, visitor(BOB))
+    assert not job.done.wait(2) and not job.stop.is_set() and not job.cancel.is_set()
+    assert getattr(jobs, how)(job.id, visitor(ALICE))
+    assert job.done.wait(120) and job.error is None, job.error
+
+
+def test_only_the_visitor_who_started_a_live_lab_run_may_stop_it(home):
+    from resnet_hub.lab import GradientSettings
+    from resnet_hub.services.lab_runs import LabRuns
+
+    slot = TrainingSlot()
+    runs = LabRuns(slot)
+    holder = slot.enter("a fine-tune")  # the run waits in line, so it is still going when the stops come
+    try:
+        run = runs.start("gradients", GradientSettings(depths=(8,), width=2, batch_size=8, seed=0), visitor(ALICE))
+        assert runs.running(visitor(ALICE)) is run and runs.running(visitor(BOB)) is None
+        assert not runs.stop(visitor(BOB)) and not run.stop.is_set()
+        assert runs.stop(visitor(ALICE)) and run.done.wait(30) and run.waited
+    finally:
+        slot.leave(holder)
+
+
+def test_a_model_whose_run_was_stopped_is_marked_so_in_the_choosers(home, tmp_path):
+    import dataclasses
+
+    from resnet_hub.data import read_zip
+    from resnet_hub.finetune import finetune
+
+    from .test_app import colour_zip
+
+    data = read_zip(colour_zip(tmp_path / "c.zip", per_class=6))
+    config = FinetuneConfig(base="scratch:resnet18", epochs=1, image_size=32, batch_size=8)
+    finetune(data, config).save(store.model_folder("whole"))
+    stop = threading.Event()  # set at the first step: what it learned is validated and kept, marked as stopped
+    result = finetune(data, dataclasses.replace(config, epochs=5), stop=stop,
+                      on_event=lambda e: e.kind == "step" and stop.set())
+    result.save(store.model_folder("halfway"))
+    labels = dict((value, label) for label, value in ModelRegistry(check_hub=False).choices())
+    assert labels["local:whole"] == "whole (fine-tuned here)"
+    assert labels["local:halfway"] == "halfway (fine-tuned here, stopped early)"

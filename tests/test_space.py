@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from .test_app import png_bytes
+from .test_browser import wait_for_page_load
 
 CHROMIUM = Path("/usr/bin/chromium")
 TRAIN_TIMEOUT_MS = 240_000
@@ -76,7 +77,7 @@ def visit(chromium, space):
     context.set_default_timeout(60_000)
     page = context.new_page()
     page.goto(space.url, wait_until="domcontentloaded")
-    page.locator("#weights-banner").wait_for()
+    wait_for_page_load(page)
     page.wait_for_function("() => document.querySelector('#classify-model input') !== null")
     return context, page
 
@@ -184,7 +185,7 @@ def test_a_second_visitor_can_neither_see_pick_continue_download_nor_push_the_fi
 
         # A reload keeps who Alice is (the id in her browser): her model is still listed for her only.
         alice.reload(wait_until="domcontentloaded")
-        alice.locator("#weights-banner").wait_for()
+        wait_for_page_load(alice)
         alice.wait_for_timeout(1000)
         assert "my-pets (fine-tuned here)" in chooser_options(alice, "#classify-model")
         alice.screenshot(path=str(ARTIFACTS / "space-alice-after-reload.png"), full_page=True)
@@ -211,3 +212,41 @@ def test_api_clients_own_what_they_train_in_their_session(space, tmp_path):
         classify(bob, example("photo"), "local:api-pets", top_k=2)
     with pytest.raises(AppError, match="api-pets is not one of your models"):
         bob.predict("local:api-pets", "bob/pets", "", False, api_name="/push")
+
+
+# -- who may stop what -----------------------------------------------------------------------------
+
+
+def test_a_visitor_cannot_stop_another_visitors_live_lab_run_and_its_owner_can(space):
+    """Two API sessions are two visitors: Bob's Stop leaves Alice's live run going; Alice's own Stop ends it."""
+    from gradio_client import Client
+
+    from .test_app import wait_for
+
+    alice, bob = Client(space.url, verbose=False), Client(space.url, verbose=False)
+    run = alice.submit("degradation", api_name="/why_residual")
+    assert wait_for(lambda: any("%" in str(o[-1]) for o in run.outputs()), 180), run.outputs()
+    bob.predict(api_name="/stop_why_residual")
+    seen = len(run.outputs())
+    assert wait_for(lambda: len(run.outputs()) > seen + 1, 120)  # it went on: more progress after Bob's Stop
+    assert not run.done() and "Stopped" not in str(run.outputs()[-1][-1])
+    alice.predict(api_name="/stop_why_residual")
+    assert "**Stopped**" in run.result(timeout=120)[-1]
+
+
+def test_a_visitor_cannot_stop_or_cancel_another_visitors_fine_tune_and_its_owner_can(space):
+    from gradio_client import Client
+
+    from .test_app import finetune_args, wait_for
+
+    alice, bob = Client(space.url, verbose=False), Client(space.url, verbose=False)
+    run = alice.submit(*finetune_args(None, "alice-digits", epochs=20, use_mnist=True), api_name="/finetune")
+    assert wait_for(lambda: any("step" in str(o[0]) for o in run.outputs()), 240), run.outputs()
+    bob.predict(api_name="/stop_finetune")
+    bob.predict(api_name="/cancel_finetune")
+    seen = len(run.outputs())
+    assert wait_for(lambda: len(run.outputs()) > seen + 1, 120)
+    assert not run.done()
+    alice.predict(api_name="/stop_finetune")
+    status = run.result(timeout=240)[0]
+    assert "Stopped at epoch" in status and "Saved as `alice-digits`" in status

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,17 +20,15 @@ from PIL import Image
 from ..errors import ServiceError, SourceError, WeightsNotFoundError
 from ..hub import DEFAULT_SOURCES, HubAccess, access, resolve
 from ..images import load_image
+from ..names import STORE_PREFIX, is_hub_id, model_source
 from ..owners import Visitor
 from ..predict import Comparison, Prediction, Predictor, compare
-from ..store import STARTER_ARCHS, local_models, model_folder, model_record, starter_folder, stored_model
+from ..store import STARTER_ARCHS, local_models, model_record, starter_folder, stored_model
 from .input_notes import input_note, input_notes
 from .starters import DISPLAY, StarterBuild, StarterBuilds
 
 logger = logging.getLogger(__name__)
 
-STORE_PREFIX = "local:"
-# What a visitor may type as a model: a Hub repo id (org/name, optionally @revision), never a server path.
-_TYPED_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w.-]+)?$")
 COMPARE_RUNS = 30  # timed batch-1 runs per model, interleaved, after warm-up
 # Loaded models beside the always-loaded defaults (the ImageNet pair or the starters), least recently used out:
 # every typed repo id would otherwise stay in memory for the life of the process.
@@ -133,48 +129,18 @@ class ModelRegistry:
         out = [(f"{DISPLAY[a]} ({kind})", a) for a in STARTER_ARCHS]
         for folder in local_models(visitor):
             if not folder.name.startswith("starter-"):
-                out.append((f"{folder.name} (fine-tuned here)", f"{STORE_PREFIX}{folder.name}"))
+                stopped = (model_record(folder).get("training") or {}).get("stopped")
+                how = "fine-tuned here, stopped early" if stopped else "fine-tuned here"
+                out.append((f"{folder.name} ({how})", f"{STORE_PREFIX}{folder.name}"))
         return out
 
     def source_for(self, choice: str, visitor: Visitor = LOCAL) -> str:
-        """The weights source a chooser's value (or a typed name) stands for, for ``visitor``.
-
-        Accepted: the short names (the ImageNet pair, or offline the starters), store models
-        with or without ``local:``, and Hub repo ids; local folders only with ``allow_paths``
-        (the command line, never a visitor of the app: see ``allow_paths``).
-        """
-        choice = (choice or "").strip()
-        if not choice:
-            raise ServiceError("choose a model first")
-        if choice in STARTER_ARCHS:
-            return self.default_source(choice)
-        if choice.startswith(STORE_PREFIX):
-            name = choice[len(STORE_PREFIX):]
-            model_folder(name)  # a malformed name is said as such
-            if (folder := stored_model(name, visitor)) is None:
-                if visitor.shared:
-                    raise ServiceError(f"{name} is not in the local model store any more")
-                raise ServiceError(f"{name} is not one of your models (or it was removed after its retention "
-                                   f"time): pick one from the list")
-            return str(folder)
-        if (folder := stored_model(choice, visitor)) is not None:
-            return str(folder)  # a store name typed without "local:", as the choosers list it
-        if self.allow_paths and ("/" in choice or choice.startswith((".", "~")) or Path(choice).expanduser().exists()):
-            return choice  # the CLI's user may name any folder on their machine; load() says what is wrong with it
-        # A Hub repo id typed in by the user. resolve() would also load any folder on the server,
-        # and its errors would tell a visitor which paths exist: the app serves the Hub and its store only.
-        if not _TYPED_REPO_ID.match(choice) or ".." in choice or Path(choice).expanduser().exists():
-            stored = ", ".join(f.name for f in local_models(visitor)) or "none yet"
-            if self.allow_paths:
-                raise ServiceError(
-                    f"{choice!r} is not a model: give a short name ({', '.join(STARTER_ARCHS)}), the name of a model "
-                    f"in the local store ({stored}), a Hub repo id such as 'timm/resnet50.a1_in1k', or an existing folder"
-                )
-            raise ServiceError(
-                f"{choice!r} is not a model here: pick one from the list, type the name of a model in the store "
-                f"({stored}), or a Hub repo id such as 'timm/resnet50.a1_in1k'"
-            )
-        return choice
+        """The weights source a chooser's value (or a typed name) stands for, for ``visitor``: what
+        :func:`~resnet_hub.names.model_source` says, except that offline the short names are the starters.
+        Local folders only with ``allow_paths`` (the command line, never a visitor of the app)."""
+        if (choice or "").strip() in STARTER_ARCHS:
+            return self.default_source(choice.strip())
+        return model_source(choice, visitor=visitor, allow_paths=self.allow_paths)
 
     def starter_note(self, choice: str) -> str:
         """Offline, what a short name serves instead of the ImageNet weights (empty when online)."""
@@ -201,7 +167,7 @@ class ModelRegistry:
         source = self.source_for(choice, visitor)
         shared_key = (source, None)
         # A Hub model fetched with a visitor's own token may be private: it serves that visitor only.
-        key = (source, visitor.cache_key) if _is_hub_id(source) else shared_key
+        key = (source, visitor.cache_key) if is_hub_id(source) else shared_key
         with self._guard:
             for k in dict.fromkeys((shared_key, key)):
                 if k in self._predictors:
@@ -254,16 +220,17 @@ class ModelRegistry:
         return None
 
     def base_source(self, choice: str, on_progress: Callable[[StarterBuild], None] | None = None,
-                    visitor: Visitor = LOCAL) -> str:
-        """The weights source to fine-tune from for ``choice``, waiting for its starter if it is one.
+                    visitor: Visitor = LOCAL, *, only: bool = False) -> str:
+        """The weights source to fine-tune from for ``choice``, waiting for its starter if it is one (``only``:
+        training just that starter, for the command line).
 
         A Hub id is fetched here, with ``visitor``'s access, so a refusal (private, gated, oversize) comes
         before any data is read or a run is queued.
         """
         if self.uses_starters and (choice or "").strip() in STARTER_ARCHS:
-            self.starters.wait(choice.strip(), on_progress)
+            self.starters.wait(choice.strip(), on_progress, only=only)
         source = self.source_for(choice, visitor)
-        if _is_hub_id(source):
+        if is_hub_id(source):
             with access(visitor.hub_access()):
                 resolve(source)
         return source
@@ -313,10 +280,6 @@ def own_input_size(source: str, kind: str) -> int | None:
         return None
     size = (record.get("preprocessing") or {}).get("input_size")
     return size if isinstance(size, int) and not isinstance(size, bool) else None
-
-
-def _is_hub_id(source: str) -> bool:
-    return bool(_TYPED_REPO_ID.match(source)) and not Path(source).expanduser().exists()
 
 
 def _model_bytes(predictor: Predictor) -> int:
