@@ -120,8 +120,11 @@ def _add_finetune_parser(sub) -> None:
     p.add_argument("--limit-per-class", type=int, default=None, metavar="N",
                    help="use only the first N images of each class (mnist-sample only; for quick trials)")
     p.add_argument("--base", default=d.base,
-                   help="starting weights: short name, Hub id, folder, or scratch:ARCH (default: %(default)s)")
-    p.add_argument("--out", required=True, help="folder to write the model to (refused if it exists, see --overwrite)")
+                   help="starting weights: a short name, a model of the store (NAME or local:NAME), a Hub id, a "
+                        "folder, or scratch:ARCH (default: %(default)s)")
+    p.add_argument("--out", required=True,
+                   help="where to save the model: a plain NAME (no '/', not starting with '.') goes into the model "
+                        "store the app lists; anything else is a folder (refused if it exists, see --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training split (default: %(default)s)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 0.05 for sgd, 0.001 for adamw)")
@@ -167,14 +170,15 @@ def _add_finetune_parser(sub) -> None:
 
 def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
     import os
-    from pathlib import Path
 
     from .data import MNIST_SAMPLE, load_dataset
     from .errors import DataError, PushError
     from .finetune import FinetuneConfig, finetune
     from .hub import parse_repo_id
+    from .names import output_folder
+    from .services.registry import ModelRegistry
 
-    out = Path(args.out)
+    out = output_folder(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"--out {out} already exists: choose another folder or add --overwrite")
     token = None
@@ -185,8 +189,17 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         token = get_token()
         if not token:
             raise PushError("--push-to needs a Hugging Face token: set HF_TOKEN or run `hf auth login` first")
+    # The base as the app's chooser reads it: a model of the store by name, and offline the starters for the short names.
+    base = args.base
+    if not base.startswith("scratch:"):
+        registry = ModelRegistry(check_hub=False, allow_paths=True)
+        if note := registry.starter_note(base):
+            print(f"note: {note}", file=sys.stderr)
+        bar = _StarterBar(enabled=not args.json)
+        base = registry.base_source(base, bar, only=True)
+        bar.close()
     config = FinetuneConfig(
-        base=args.base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
+        base=base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
         freeze=args.freeze, image_size=args.image_size, crop_pct=args.crop_pct, val_fraction=args.val_fraction,
         label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, precision=args.precision,
         time_budget_s=args.time_budget, clean_epochs=args.clean_epochs, cached_views=args.cached_views,

@@ -37,8 +37,9 @@ from .errors import (
     WeightsMismatchError,
     WeightsNotFoundError,
 )
-from .hub import parse_repo_id, pickle_checkpoints, resolve
+from .hub import DEFAULT_SOURCES, parse_repo_id, pickle_checkpoints, resolve
 from .layouts import CONFIG_NAME, WEIGHTS_NAME, Layout, detect_layout, read_json
+from .names import stored_source
 from .metadata import FORMAT, FORMAT_VERSION, Preprocessing, WeightsInfo, check_labels, default_labels, distinct_labels
 from .model import ResNet, ResNetConfig, UnknownArchitectureError
 
@@ -287,7 +288,8 @@ def load(
     labels: list[str] | None = None,
 ) -> HubResNet:
     """Load a ResNet from a Hub repo id (``org/name[@revision]``), a short name
-    (``resnet18``, ``resnet50``) or a folder in Hub layout, strictly.
+    (``resnet18``, ``resnet50``), a model of the local store (``NAME`` or ``local:NAME``,
+    as the app lists it) or a folder in Hub layout, strictly.
 
     Tensors are read straight onto ``device`` (default: CUDA when available).
     ``num_classes`` (with optional ``labels``) swaps in a new head: the one
@@ -299,7 +301,9 @@ def load(
     'bicubic'
     """
     device = torch.device(device) if device is not None else default_device()
-    folder = resolve(source)
+    stored = (stored_source(source) if isinstance(source, str) and source.strip() not in DEFAULT_SOURCES
+              and not Path(source).expanduser().exists() else None)
+    folder = resolve(stored or source)
     config_path = folder / CONFIG_NAME
     weights_path = folder / WEIGHTS_NAME
     if not config_path.is_file():

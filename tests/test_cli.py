@@ -318,3 +318,35 @@ def test_why_residual_runs_through_main_and_bad_depths_are_one_error_line(capsys
     assert {n["net"] for n in nets} == {"plain-8", "resnet-8"} and len(nets) == 8
     code, out, err = run_in_process(capsys, "why-residual", "degradation", "--depths", "20", "21")
     assert code == 2 and out == "" and err.startswith("error: ") and "6n+2" in err and len(err.splitlines()) == 1
+
+
+FINETUNE_TINY = ["--data", "mnist-sample", "--limit-per-class", "4", "--image-size", "32", "--batch-size", "16",
+                 "--epochs", "1", "--lr", "0.05", "--freeze", "3", "--device", "cpu", "--precision", "fp32"]
+
+
+@pytest.mark.parametrize("name", ["run-one", "local:run-one", "starter-resnet18-mnist"])
+def test_finetune_accepts_a_store_name_as_its_base_as_the_app_does(store_home, hub_cache, capsys, name):
+    code, out, err = run_in_process(capsys, "finetune", *FINETUNE_TINY, "--base", name, "--out",
+                                    f"from-{name.replace(':', '-')}", "--json")
+    assert code == 0, err
+    assert json.loads(out)["out"] == str(store_home / "models" / f"from-{name.replace(':', '-')}")
+
+
+def test_finetune_out_as_a_plain_name_goes_into_the_store_the_app_lists(store_home, hub_cache, capsys, tmp_path,
+                                                                        monkeypatch):
+    from resnet_hub.services.registry import ModelRegistry
+
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_in_process(capsys, "finetune", *FINETUNE_TINY, "--base", "run-one", "--out", "my-digits")
+    assert code == 0, err
+    assert not (tmp_path / "my-digits").exists()
+    assert ("my-digits (fine-tuned here)", "local:my-digits") in ModelRegistry(check_hub=False).choices()
+    code, _, err = run_in_process(capsys, "finetune", *FINETUNE_TINY, "--base", "run-one", "--out", "./my-digits")
+    assert code == 0, err
+    assert (tmp_path / "my-digits" / "config.json").is_file()  # a path: where it says
+
+
+@pytest.mark.parametrize("name", ["run-one", "local:run-one"])
+def test_load_accepts_a_store_name_as_the_app_does(store_home, name):
+    model = resnet_hub.load(name, device="cpu")
+    assert model.config.architecture == "resnet18"
