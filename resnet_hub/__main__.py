@@ -417,7 +417,7 @@ def _bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _bench_finetune(args: argparse.Namespace) -> dict[str, Any]:
-    from .bench import run_finetune_bench
+    from .bench_finetune import run_finetune_bench
 
     report = run_finetune_bench(args.arch, epochs=args.epochs, image_size=args.image_size, per_class=args.per_class,
                                 freezes=tuple(args.freezes), precision=args.precision, device=args.device,

@@ -184,3 +184,8 @@ def cpu_ghz() -> float:
     except (OSError, ValueError):
         pass
     return float("nan")
+
+
+def autocast_args(device: torch.device, precision: str) -> dict:
+    """``torch.autocast``'s arguments for ``precision`` on ``device`` (fp32: autocast off)."""
+    return {"device_type": device.type, "dtype": DTYPES[precision], "enabled": precision != "fp32"}

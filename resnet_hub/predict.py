@@ -18,7 +18,6 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,6 @@ from torch import Tensor, nn
 from .errors import ResNetHubError
 from .hardware import device_name, resolve_device, resolve_precision, synchronize
 from .images import center_digit, decode_batch, decode_to_tensor_batch, eval_transform, load_image, resize_and_crop, to_tensor_batch
-from .model import ResNet
 from .weights import HubResNet, load
 
 DEFAULT_TOP_K = 5
@@ -84,18 +82,15 @@ class Timing:
 
 
 # ---------------------------------------------------------------------------
-# The fast path: engines live in engines.py (these names stay importable from here)
+# The fast path: the engines and their chooser live in resnet_hub.engines
 
+from .heatmaps import _GradCAM, cam_layer, overlay_heatmap  # noqa: E402,F401 - cam_layer, overlay: public here too
 from .engines import (  # noqa: E402
     CALIBRATION_IMAGES,
     CHECK_IMAGES,
     EngineChoice,
     EngineError,
-    _compile,
     cam_from_features,
-    fold_batchnorm,
-    prepare_for_inference,
-    quantize_int8,
 )
 from . import engines as _engines  # noqa: E402
 
@@ -470,62 +465,6 @@ class _Request:
 
     def __init__(self, batch: Tensor):
         self.batch, self.done, self.result, self.error = batch, threading.Event(), None, None
-
-
-class _GradCAM:
-    MIN_SIDE = 4  # a 1x1 or 2x2 map cannot say where in the image anything is
-
-    def __init__(self, model: HubResNet, device: torch.device):
-        self.model = copy.deepcopy(model).to(device).float().eval()
-        self.device = device
-        self.lock = threading.Lock()
-        self.layer = cam_layer(model)
-
-    def __call__(self, x: Tensor, class_id: int | None) -> tuple[np.ndarray, int]:
-        with self.lock, torch.enable_grad():
-            h = self.model.stem(x.to(self.device))
-            for name in self.model.stage_names:
-                h = getattr(self.model, name)(h)
-                if name == self.layer:
-                    features = h = h.detach().requires_grad_(True)  # (1, C, h, w)
-            logits = self.model.forward_head(h)
-            class_id = int(logits.argmax(1)) if class_id is None else class_id
-            (grad,) = torch.autograd.grad(logits[0, class_id], features)
-        weights = grad.mean(dim=(2, 3), keepdim=True)  # (1, C, 1, 1): each channel's importance
-        cam = torch.relu((weights * features.detach()).sum(1))[0]
-        cam = cam / cam.max() if cam.max() > 0 else cam
-        return cam.cpu().numpy(), class_id
-
-
-def cam_layer(model: ResNet) -> str:
-    """``layer4``, unless its map is too coarse at the model's input size (e.g. 1x1 for 32 px
-    digit models): then the deepest stage whose map is at least 4x4."""
-    from .model import stage_table
-
-    rows = stage_table(model, model.preprocessing.input_size)
-    names = model.stage_names
-    sides = {r["stage"]: r["output (C, H, W)"][-1] for r in rows if r["stage"] in names}
-    fine = [name for name in names if sides[name] >= _GradCAM.MIN_SIDE]
-    return fine[-1] if fine else names[0]
-
-
-def overlay_heatmap(picture: Image.Image, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:
-    """Blend a [0, 1] heatmap (any size) over ``picture`` with a perceptual colour map (matplotlib's inferno)."""
-    heat_img = Image.fromarray(np.uint8(np.clip(heat, 0, 1) * 255)).resize(picture.size, Image.Resampling.BICUBIC)
-    colored = _colour(np.asarray(heat_img) / 255.0)
-    blended = (1 - alpha) * np.asarray(picture.convert("RGB"), dtype=np.float32) / 255 + alpha * colored
-    return Image.fromarray(np.uint8(np.clip(blended, 0, 1) * 255))
-
-
-@functools.cache
-def _inferno() -> np.ndarray:
-    return np.loadtxt(Path(__file__).with_name("inferno.csv"), delimiter=",")  # (256, 3)
-
-
-def _colour(values: np.ndarray) -> np.ndarray:
-    """(..., 3) RGB in [0, 1] for ``values`` in [0, 1]: the table lookup matplotlib's ``colormaps["inferno"]`` does."""
-    table = _inferno()
-    return table[np.clip((values * len(table)).astype(int), 0, len(table) - 1)]
 
 
 # ---------------------------------------------------------------------------

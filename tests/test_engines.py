@@ -14,6 +14,7 @@ from PIL import Image
 
 import resnet_hub
 from resnet_hub import engines, hardware
+from resnet_hub.engines import openvino_engine
 from resnet_hub.data import mnist_sample
 from resnet_hub.engines import EngineError, cam_from_features
 from resnet_hub.examples import calibration_images, check_images
@@ -159,7 +160,7 @@ def test_the_choice_is_shown_as_evidence(tmp_path):
 
 
 def test_a_forced_engine_that_is_missing_falls_back_to_torch_and_says_so(monkeypatch, tmp_path):
-    monkeypatch.setattr(engines, "openvino_available", lambda: "OpenVINO is not usable here (test)")
+    monkeypatch.setattr(openvino_engine, "openvino_available", lambda: "OpenVINO is not usable here (test)")
     predictor = Predictor(photo_model(), "cpu", "int8", engine="openvino", cache_dir=tmp_path)
     assert (predictor.engine, predictor.precision) == ("torch", "int8")
     assert any("openvino int8 is not available here" in n and "not usable" in n for n in predictor.notes)
@@ -176,7 +177,7 @@ def without_openvino(monkeypatch):
     for name in ("openvino", "nncf"):
         monkeypatch.setitem(sys.modules, name, None)
     engines.openvino_available.cache_clear()
-    monkeypatch.setattr(engines, "nncf_available", lambda: False)
+    monkeypatch.setattr(openvino_engine, "nncf_available", lambda: False)
     yield
     engines.openvino_available.cache_clear()
 
@@ -191,10 +192,10 @@ def test_without_openvino_installed_the_choice_is_torch_and_names_the_extra_that
 
 
 def test_openvino_int8_without_nncf_is_refused_with_the_extra_that_adds_it(monkeypatch):
-    monkeypatch.setattr(engines, "openvino_available", lambda: None)
-    monkeypatch.setattr(engines, "nncf_available", lambda: False)
+    monkeypatch.setattr(openvino_engine, "openvino_available", lambda: None)
+    monkeypatch.setattr(openvino_engine, "nncf_available", lambda: False)
     with pytest.raises(EngineError, match=r"needs NNCF.*pip install 'resnet-hub\[openvino\]'"):
-        engines._check_openvino("int8", calibrated=True)
+        openvino_engine._check_openvino("int8", calibrated=True)
 
 
 def test_a_model_openvino_cannot_convert_falls_back_and_says_why(monkeypatch, tmp_path):
@@ -204,7 +205,7 @@ def test_a_model_openvino_cannot_convert_falls_back_and_says_why(monkeypatch, tm
         raise RuntimeError("unsupported operation aten::weird")
 
     monkeypatch.setattr(openvino, "convert_model", refuse)
-    monkeypatch.setattr(engines, "_CONVERTED", {})  # nothing converted earlier in this process either
+    monkeypatch.setattr(openvino_engine, "_CONVERTED", {})  # nothing converted earlier in this process either
     predictor = Predictor(photo_model(), "cpu", "fp32", engine="openvino", cache_dir=tmp_path)
     assert predictor.engine == "torch"
     assert any("could not convert" in n and "aten::weird" in n for n in predictor.notes)
@@ -319,7 +320,7 @@ def test_quantizations_run_one_at_a_time():
 
 
 def test_the_engine_cache_survives_a_restart_and_a_damaged_entry_is_rebuilt(tmp_path, monkeypatch):
-    monkeypatch.setattr(engines, "_CONVERTED", {})  # as in a new process
+    monkeypatch.setattr(openvino_engine, "_CONVERTED", {})  # as in a new process
     model = photo_model()
     calibration = default_calibration(model)
     key = engines.weights_key(model)
@@ -336,7 +337,7 @@ def test_the_engine_cache_survives_a_restart_and_a_damaged_entry_is_rebuilt(tmp_
         data = bytearray(weights.read_bytes())
         data[len(data) // 2] ^= 0xFF  # one flipped byte: the checksum catches it, nothing half-read
         weights.write_bytes(bytes(data))
-    engines._CONVERTED.clear()  # a restart
+    engines.forget_converted()  # a restart
     third = engines.OpenVINOEngine(model, "int8", calibration=calibration, cache_dir=tmp_path, weights_key=key)
     assert not third.from_cache
     assert torch.allclose(first(x)[0], third(x)[0], atol=1e-5)

@@ -22,6 +22,8 @@ from safetensors.torch import load_file
 import resnet_hub
 from resnet_hub import DataError, store
 from resnet_hub import finetune as finetune_module
+from resnet_hub import frozen as frozen_module
+from resnet_hub.hardware import autocast_args
 from resnet_hub.__main__ import EXIT_BAD_INPUT, EXIT_STOPPED, main
 from resnet_hub.data import mnist_sample, read_zip, stratified_split
 from resnet_hub.finetune import FinetuneConfig, FinetuneError, finetune, lr_at
@@ -443,7 +445,7 @@ def colours(tmp_path_factory):
 @pytest.mark.parametrize("freeze", [2, 4], ids=["freeze-2", "freeze-4-head-only"])
 def test_cached_and_uncached_loops_give_the_same_losses_and_weights_without_augmentation(saved_models, colours, freeze,
                                                                                        monkeypatch):
-    monkeypatch.setattr(finetune_module, "FOLD_FROZEN_BATCHNORM", False)  # the very computation of the full loop
+    monkeypatch.setattr(frozen_module, "FOLD_FROZEN_BATCHNORM", False)  # the very computation of the full loop
     runs = {}
     for cache in (True, False):
         recorder = Recorder()
@@ -464,11 +466,11 @@ def test_the_folded_frozen_part_computes_the_features_of_the_unfolded_one(saved_
     model = resnet_hub.load(saved_models["resnet50"], device="cpu")
     model.freeze(freeze)
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    autocast = finetune_module._autocast_args(torch.device("cpu"), "fp32")
-    exact = finetune_module.frozen_features(model.eval(), x, autocast)
-    folded = finetune_module.frozen_features(finetune_module.frozen_part(model), x, autocast)
+    autocast = autocast_args(torch.device("cpu"), "fp32")
+    exact = frozen_module.frozen_features(model.eval(), x, autocast)
+    folded = frozen_module.frozen_features(frozen_module.frozen_part(model), x, autocast)
     assert (folded - exact).norm() / exact.norm() < 1e-5
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in finetune_module.frozen_part(model).modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen_module.frozen_part(model).modules())
 
 
 def test_with_folded_batchnorm_the_cached_loop_still_follows_the_full_loop(saved_models, colours):
@@ -493,18 +495,18 @@ def test_the_openvino_frozen_part_computes_torchs_features_and_is_converted_once
     from resnet_hub import engines
 
     monkeypatch.setenv("RESNET_HUB_ENGINE_CACHE", str(tmp_path))
-    monkeypatch.setattr(finetune_module, "TRUNK_INT8", False)
+    monkeypatch.setattr(frozen_module, "TRUNK_INT8", False)
     model = resnet_hub.load(saved_models["resnet18"], device="cpu")
     model.freeze(freeze)
     x = torch.randn(10, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    fp32 = finetune_module._autocast_args(torch.device("cpu"), "fp32")
-    exact = finetune_module.frozen_features(model.eval(), x, fp32)
-    folds, fold = [], finetune_module.frozen_part
-    monkeypatch.setattr(finetune_module, "frozen_part", lambda m: folds.append(m) or fold(m))
+    fp32 = autocast_args(torch.device("cpu"), "fp32")
+    exact = frozen_module.frozen_features(model.eval(), x, fp32)
+    folds, fold = [], frozen_module.frozen_part
+    monkeypatch.setattr(frozen_module, "frozen_part", lambda m: folds.append(m) or fold(m))
     notes = []
     for _ in range(2):
-        engines._CONVERTED.clear()  # as in a new process: only the disk cache remains
-        trunk, note = finetune_module.frozen_trunk(model, x, passes=10, autocast=fp32, engine="openvino")
+        engines.forget_converted()  # as in a new process: only the disk cache remains
+        trunk, note = frozen_module.frozen_trunk(model, x, passes=10, autocast=fp32, engine="openvino")
         assert isinstance(trunk, engines.OpenVINOPart), note
         assert (trunk(x) - exact).norm() / exact.norm() < 1e-4
         notes.append(note)
@@ -512,20 +514,20 @@ def test_the_openvino_frozen_part_computes_torchs_features_and_is_converted_once
     assert notes[1].startswith("frozen part on OpenVINO fp32 (read from the engine cache in")
     assert len(folds) == 1  # the conversion folded a copy to convert; the part read from the cache needed none
     # auto converts only for a run long enough to pay for it, but uses a converted part whatever the run's length
-    assert isinstance(finetune_module.frozen_trunk(model, x, 10, fp32)[0], engines.OpenVINOPart)
+    assert isinstance(frozen_module.frozen_trunk(model, x, 10, fp32)[0], engines.OpenVINOPart)
     other = resnet_hub.load(saved_models["resnet50"], device="cpu")
     other.freeze(freeze)
-    assert finetune_module.frozen_trunk(other, x, 10, fp32)[1] == ""  # torch: not converted, too short a run
+    assert frozen_module.frozen_trunk(other, x, 10, fp32)[1] == ""  # torch: not converted, too short a run
     # a run long enough to pay for converting converts by itself, and the time it took is kept for the next choice
-    trunk, note = finetune_module.frozen_trunk(other, x, 10**7, fp32)
+    trunk, note = frozen_module.frozen_trunk(other, x, 10**7, fp32)
     assert isinstance(trunk, engines.OpenVINOPart) and "(converted in" in note, note
-    record = json.loads((tmp_path / finetune_module.TRUNK_CONVERSIONS).read_text())
+    record = json.loads((tmp_path / frozen_module.TRUNK_CONVERSIONS).read_text())
     assert any(size.endswith("parameters at 3x64x64") and seconds > 0 for size, seconds in record.items()), record
     # a damaged IR is never half-read: converted afresh
-    engines._CONVERTED.clear()
+    engines.forget_converted()
     for weights in tmp_path.glob("openvino-*/model.bin"):
         weights.write_bytes(b"damaged")
-    trunk, note = finetune_module.frozen_trunk(model, x, 10, fp32, engine="openvino")
+    trunk, note = frozen_module.frozen_trunk(model, x, 10, fp32, engine="openvino")
     assert "(converted in" in note and (trunk(x) - exact).norm() / exact.norm() < 1e-4
 
 
@@ -546,7 +548,7 @@ def test_a_frozen_part_that_openvino_gets_wrong_falls_back_to_torch_and_says_so(
 @needs_openvino
 def test_a_run_cached_by_openvino_trains_as_the_torch_cached_one_and_its_card_says_so(saved_models, colours,
                                                                                       monkeypatch):
-    monkeypatch.setattr(finetune_module, "TRUNK_INT8", False)
+    monkeypatch.setattr(frozen_module, "TRUNK_INT8", False)
     losses, notes, parts = {}, {}, {}
     for engine in ("torch", "openvino"):
         recorder = Recorder()
@@ -602,7 +604,7 @@ def test_the_cache_holds_the_stated_number_of_views_and_its_size_is_in_the_start
 
 
 def test_a_cache_over_the_memory_bound_falls_back_to_the_full_loop_and_says_so(saved_models, colours, monkeypatch):
-    monkeypatch.setattr(finetune_module, "MAX_CACHE_BYTES", 1000)
+    monkeypatch.setattr(frozen_module, "MAX_CACHE_BYTES", 1000)
     recorder = Recorder()
     result = finetune(colours, colour_base_config(saved_models["resnet18"], freeze=3), on_event=recorder)
     assert "frozen-feature cache skipped" in recorder.events[0].message
@@ -995,7 +997,7 @@ def test_local_models_lists_the_starter_first(starter_store):
 
 
 def test_bench_finetune_puts_each_loop_beside_the_tutorials_with_both_accuracies():
-    from resnet_hub.bench import run_finetune_bench
+    from resnet_hub.bench_finetune import run_finetune_bench
 
     report = run_finetune_bench("resnet18", epochs=1, image_size=32, per_class=4, freezes=(4, -1), device="cpu",
                                 wall_arch=None, log=None)

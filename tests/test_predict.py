@@ -24,8 +24,8 @@ from resnet_hub.predict import (
     PredictorError,
     Timing,
     compare,
-    fold_batchnorm,
 )
+from resnet_hub.engines import fold_batchnorm
 
 from .conftest import ARCHS, needs_gpu, randomize_batchnorm
 

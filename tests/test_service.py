@@ -442,10 +442,10 @@ needs_openvino = pytest.mark.skipif(bool(__import__("resnet_hub.engines").engine
 @pytest.fixture
 def empty_engine_cache(tmp_path, monkeypatch) -> Path:
     """An engine cache with nothing converted yet, on disk or in this process."""
-    from resnet_hub import engines
+    from resnet_hub.engines import openvino_engine
 
     monkeypatch.setenv("RESNET_HUB_ENGINE_CACHE", str(tmp_path / "engine-cache"))
-    monkeypatch.setattr(engines, "_CONVERTED", {})
+    monkeypatch.setattr(openvino_engine, "_CONVERTED", {})
     return tmp_path / "engine-cache"
 
 

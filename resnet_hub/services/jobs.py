@@ -19,7 +19,8 @@ from PIL import Image
 
 from ..data import ImageDataset, mnist_sample, read_zip
 from ..errors import ResNetHubError, ServiceError
-from ..finetune import Event, FinetuneConfig, FinetuneResult, finetune, prepare_base, prepare_frozen_part
+from ..finetune import Event, FinetuneConfig, FinetuneResult, finetune
+from ..frozen import prepare_base, prepare_frozen_part
 from ..hub import access
 from ..owners import Visitor
 from ..results import ValidationResults, mistake_thumbnails
@@ -207,7 +208,7 @@ class FinetuneJobs:
 
     def prepare_bases(self, choices: Sequence[str], image_size: int) -> None:
         """In the background, convert the frozen parts that a first fine-tune of a small photo zip at ``image_size``
-        on each of ``choices`` would use (:func:`~resnet_hub.finetune.prepare_base`), so that even the first
+        on each of ``choices`` would use (:func:`~resnet_hub.frozen.prepare_base`), so that even the first
         visitor's run reads them: the app does this at start for its default bases, after their starters. Each
         base waits for a free slot and takes one turn on it: a visitor who starts a run meanwhile waits at most for
         the base being prepared."""
