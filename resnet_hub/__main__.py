@@ -189,17 +189,8 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         token = get_token()
         if not token:
             raise PushError("--push-to needs a Hugging Face token: set HF_TOKEN or run `hf auth login` first")
-    # The base as the app's chooser reads it: a model of the store by name, and offline the starters for the short names.
-    base = args.base
-    if not base.startswith("scratch:"):
-        registry = ModelRegistry(check_hub=False, allow_paths=True)
-        if note := registry.starter_note(base):
-            print(f"note: {note}", file=sys.stderr)
-        bar = _StarterBar(enabled=not args.json)
-        base = registry.base_source(base, bar, only=True)
-        bar.close()
     config = FinetuneConfig(
-        base=base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
+        base=args.base, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
         freeze=args.freeze, image_size=args.image_size, crop_pct=args.crop_pct, val_fraction=args.val_fraction,
         label_smoothing=args.label_smoothing, seed=args.seed, device=args.device, precision=args.precision,
         time_budget_s=args.time_budget, clean_epochs=args.clean_epochs, cached_views=args.cached_views,
@@ -212,7 +203,15 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         if args.limit_per_class < 1:
             raise DataError(f"--limit-per-class must be at least 1, got {args.limit_per_class}")
         limit["limit_per_class"] = args.limit_per_class
-    dataset = load_dataset(args.data, **limit)
+    dataset = load_dataset(args.data, **limit)  # bad data is said before a base is fetched or a starter built
+    # The base as the app's chooser reads it: a model of the store by name, and offline the starters for the short names.
+    if not config.base.startswith("scratch:"):
+        registry = ModelRegistry(check_hub=False, allow_paths=True)
+        if note := registry.starter_note(config.base):
+            print(f"note: {note}", file=sys.stderr)
+        bar = _StarterBar(enabled=not args.json)
+        config.base = registry.base_source(config.base, bar, only=True)
+        bar.close()
     is_main = int(os.environ.get("RANK", "0")) == 0
     bar = _ProgressBar(enabled=is_main and not args.json)
     result = finetune(dataset, config, on_event=bar)

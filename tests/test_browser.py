@@ -287,7 +287,7 @@ def test_an_error_names_a_model_with_its_quotes_and_leaves_no_earlier_answer_beh
     assert any(t.startswith("'no-such-model' is not a model here") and "'timm/resnet50.a1_in1k'" in t
                for t in toast_texts(page)), toast_texts(page)
     assert "%" not in page.locator("#classify-label").inner_text()
-    assert page.locator("#classify-info").inner_text().strip() == ""
+    assert "ms for this call" not in page.locator("#classify-info").inner_text()  # only the error's badge
 
 
 def test_the_push_chooser_lists_only_models_fine_tuned_here(page):

@@ -249,4 +249,4 @@ def test_a_visitor_cannot_stop_or_cancel_another_visitors_fine_tune_and_its_owne
     assert not run.done()
     alice.predict(api_name="/stop_finetune")
     status = run.result(timeout=240)[0]
-    assert "Stopped at epoch" in status and "Saved as `alice-digits`" in status
+    assert "Stopped on request at epoch" in status and "Saved as `alice-digits`" in status
