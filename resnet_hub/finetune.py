@@ -46,9 +46,8 @@ from .weights import HubResNet, create, load
 
 MAX_DEVICE_BYTES = 3 * 2**30  # the decoded training set kept on the device, at most
 MAX_CARD_MISTAKES = 50  # misclassified images listed in the card and config.json (the total is always given)
-# Images per forward pass of the cache. On 2 CPU cores (Zen 5), 8 at a time keeps a chunk's activations in cache:
-# ResNet-18 through layer3 at 224 px 254 img/s in bf16 vs 167 at 64, 127 vs 95 in fp32; ResNet-50 91 vs 55 (bf16).
-# A GPU wants large batches.
+# Images per forward pass of the cache: on a CPU few enough that a chunk's activations stay in the CPU cache (8 beat
+# 64 by 1.3-1.7x; docs/benchmarks.md); a GPU wants large batches.
 CACHE_CHUNK = {"cpu": 8, "cuda": 64}
 
 

@@ -28,18 +28,14 @@ from .hardware import autocast_args, resolve_device, resolve_precision, zero_gpu
 from .images import to_tensor_batch
 from .weights import HubResNet, load
 
-# The cache runs the frozen part with BatchNorm folded into the convolutions: 27-36% more images/s for ResNet-50 at
-# 224 px on 2 cores (fp32 and bf16), features within ~1e-6 (fp32) of the unfolded ones. False: bit for bit the
-# computation of the full loop (the test of that equivalence sets it).
+# The cache runs the frozen part with BatchNorm folded into the convolutions (faster, features within float rounding;
+# docs/benchmarks.md). False: bit for bit the computation of the full loop (the test of that equivalence sets it).
 FOLD_FROZEN_BATCHNORM = True
 MAX_CACHE_BYTES = 2 * 2**30  # cached frozen features, at most (on a GPU also at most half its free memory)
-# On CPU the cache's frozen part runs on OpenVINO where it converts and checks. ResNet-18's stem..layer4 at 224 px on
-# 2 Sapphire Rapids cores (AMX): int8 ~950 img/s, bf16 485, torch bf16 252. Converting and quantizing costs ~4 s
-# (ResNet-18) once per base, frozen stages and image size; the IR is kept in the engine cache, and a later run on the
-# same base reads it in ~0.2 s. With nothing cached, a run converts only when that pays within it: torch's time for
-# the run (timed on its first images) saved at the least speed-up measured (int8 over torch bf16 on a Zen 5: 2.2x),
-# against what converting a part of this size last took on this machine (none yet: the default). A shorter run keeps
-# to torch, and the app then prepares the part for the next run (:func:`prepare_frozen_part`).
+# On CPU the frozen part runs on OpenVINO where it converts and checks, kept in the engine cache per base, frozen
+# stages and image size. With nothing cached, a run converts only when that pays within it: torch's time for the run
+# saved at the least speed-up measured (TRUNK_SPEEDUP_FLOOR), against what converting took here last time (else the
+# default). A shorter run keeps to torch, and the app prepares the part for the next run. Figures: docs/benchmarks.md.
 TRUNK_SPEEDUP_FLOOR = 2.0
 TRUNK_CONVERT_DEFAULT_S = 5.0
 TRUNK_CONVERSIONS = "frozen-part-conversions.json"  # in the engine cache: seconds each kind of part took to convert

@@ -478,6 +478,13 @@ def test_clicking_a_confusion_cell_shows_its_misclassified_images_with_per_class
     images = page.locator("#finetune-mistakes img")
     assert all(images.nth(k).evaluate("img => img.naturalWidth > 0") for k in range(images.count()))
     assert expected in caption.inner_text()
+    # Every tile whole and in sight: no label drawn over the first row, none cut off at the gallery's bottom.
+    covered = page.locator("#finetune-mistakes").evaluate("""root => {
+        const box = root.getBoundingClientRect(), label = root.querySelector('[data-testid=block-label]');
+        const under = label ? label.getBoundingClientRect().bottom : box.top;
+        return [...root.querySelectorAll('img')].map(img => img.getBoundingClientRect())
+            .filter(r => r.top < under - 1 || r.bottom > box.bottom + 1).length }""")
+    assert covered == 0
 
 
 def test_ten_classes_fit_the_results_column_and_one_epoch_draws_its_validation_line_from_the_start(

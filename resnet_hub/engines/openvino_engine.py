@@ -306,8 +306,7 @@ class OpenVINOPart:
             ov_model = converted()
             self.source = sources[0]
         # The THROUGHPUT hint's streams (one a core here), each running a slice of ``STREAM_ROWS`` images: a call
-        # with many images keeps every stream busy; ResNet-18's frozen stem..layer4 at 224 px, int8, on 2 Zen 5
-        # cores: 410-420 images/s against 366 for one LATENCY request over chunks of 8.
+        # with many images keeps every stream busy (faster than one LATENCY request over chunks; docs/benchmarks.md).
         compiled = _compile_openvino(ov_model, precision, cache_dir, "THROUGHPUT")[0]
         streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self.requests = [compiled.create_infer_request() for _ in range(streams)]

@@ -141,8 +141,10 @@ def build_finetune_tab(ctx: AppContext, visitor_state: gr.State, parts: PagePart
                     predicted_class = gr.Dropdown([ANY_CLASS], value=ANY_CLASS, label="Predicted as",
                                                   elem_id="finetune-predicted-class")
                 mistakes_caption = gr.Markdown(elem_id="finetune-mistakes-caption")
+                # No label: Gradio 6.31 draws a gallery's label over its first row of tiles; the caption above says
+                # what the gallery holds.
                 mistakes = gr.Gallery(label="Misclassified validation images, most confident first", columns=4,
-                                      height="auto", preview=False, object_fit="scale-down",
+                                      height="auto", preview=False, object_fit="scale-down", show_label=False,
                                       elem_id="finetune-mistakes")
                 download = gr.File(label="Download: the weights (a zip of model.safetensors + config.json + "
                                          "README.md) and model.onnx (opset 17, checked against PyTorch)",
