@@ -125,9 +125,10 @@ def _lab_scope(settings) -> str:
 
 
 def _lab_live_picture(experiment, result):
+    """The live chart's data so far, or None: nothing to draw yet (a plot set to None breaks: see drawn_or_kept)."""
     if experiment == "gradients":  # seconds long; its variants are drawn together at the end (one colour domain)
         return lab_gradient_curves(result) if result.stopped or len(result.nets) == _gradient_variants(result) \
-            else gr.skip()
+            else None
     return lab_training_curves(result)
 
 
@@ -203,9 +204,9 @@ def build_lab_tab(ctx: AppContext, visitor_state: gr.State) -> list:
                 while (event := run.events.get()) is not None:
                     last = event
                     if event.kind in ("step", "epoch", "net", "start") and run.events.qsize() < 2:
-                        picture = _lab_live_picture(experiment, event.result)
+                        picture = _lab_live_picture(experiment, event.result)  # None: nothing new to draw
                         yield {status: f"**{event.progress:.0%}** · {event.message}",
-                               **({} if isinstance(picture, type(gr.skip())) else picture_of(picture))}
+                               **({} if picture is None else picture_of(picture))}
             except GeneratorExit:  # the visitor left (Gradio closed this generator): no one watches, so it stops
                 ctx.lab.stop(None, run.id)  # and frees the one training slot for the next visitor in line
                 raise
@@ -218,7 +219,8 @@ def build_lab_tab(ctx: AppContext, visitor_state: gr.State) -> list:
             result = run.result
             text = (f"**Stopped** at {last.progress:.0%}: the curves so far stay here; nothing is kept."
                     if result.stopped and last is not None else _lab_done(experiment, result))
-            yield {status: text, run_btn: run_button(), **picture_of(_lab_live_picture(experiment, result))}
+            final = _lab_live_picture(experiment, result)
+            yield {status: text, run_btn: run_button(), **({} if final is None else picture_of(final))}
 
         def stop(browser_id=None, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
             if ctx.lab.stop(ctx.visitor_of(browser_id, request, profile)):
