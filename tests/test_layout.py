@@ -20,6 +20,12 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def is_module(name: str) -> bool:
+    """Whether the dotted ``name`` is a module or package of the repository (not a name inside one)."""
+    path = ROOT / name.replace(".", "/")
+    return path.with_suffix(".py").exists() or path.is_dir()
+
+
 def imports_of(path: Path) -> set[str]:
     """The package modules ``path`` imports anywhere in it, inside functions too (they hide circles as well)."""
     name = module_name(path)
@@ -37,9 +43,7 @@ def imports_of(path: Path) -> set[str]:
             else:
                 continue
             for alias in node.names:  # `from . import atomic` names a module; `from .x import y` names a name in x
-                found.add(f"{target}.{alias.name}" if (PACKAGE.parent / f"{target}.{alias.name}".replace(".", "/"))
-                          .with_suffix(".py").exists() or (ROOT / f"{target}.{alias.name}".replace(".", "/")).is_dir()
-                          else target)
+                found.add(f"{target}.{alias.name}" if is_module(f"{target}.{alias.name}") else target)
     return {m for m in found if m != name}
 
 

@@ -16,8 +16,6 @@ from contextlib import contextmanager
 EXITING = threading.Event()
 _CONVERTING = threading.Lock()
 _PREPARERS: set[threading.Thread] = set()
-_EXIT_HOOK = threading.Lock()
-_exit_hooked = False
 
 
 @contextmanager
@@ -29,7 +27,6 @@ def background_conversion() -> Iterator[bool]:
 
 def start_preparer(target: Callable[[], None], name: str) -> threading.Thread:
     """Run ``target`` in a daemon thread that the interpreter's exit waits for (briefly)."""
-    global _exit_hooked
 
     def run() -> None:
         try:
@@ -37,16 +34,13 @@ def start_preparer(target: Callable[[], None], name: str) -> threading.Thread:
         finally:
             _PREPARERS.discard(threading.current_thread())
 
-    with _EXIT_HOOK:  # registered with the first preparer: importing this module registers nothing
-        if not _exit_hooked:
-            atexit.register(_let_the_preparers_finish)
-            _exit_hooked = True
     thread = threading.Thread(target=run, name=name, daemon=True)
     _PREPARERS.add(thread)
     thread.start()
     return thread
 
 
+@atexit.register  # a hook, not work: at exit it waits only for preparers that were started
 def _let_the_preparers_finish(timeout_s: float = 120, join_s: float = 2) -> None:
     EXITING.set()
     if _CONVERTING.acquire(timeout=timeout_s):

@@ -41,18 +41,16 @@ class AppContext:
     registry: ModelRegistry = field(default_factory=lambda: ModelRegistry(check_hub=False))
     multi_user: bool = field(default_factory=multi_user)
     retention_hours: float = field(default_factory=retention_hours)
-    jobs: FinetuneJobs = None  # type: ignore[assignment]  # made from the registry below
     lab: LabRuns = field(default_factory=LabRuns)
-    browser_secret: str = ""
-    _secret_unsaved: bool = False
-    _started: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    jobs: FinetuneJobs = field(init=False)  # fine-tunes on the registry's models
+    browser_secret: str = field(init=False)
+    _secret_unsaved: bool = field(init=False)  # a new secret, written by start()
+    _started: bool = field(init=False, default=False)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
-        if self.jobs is None:
-            self.jobs = FinetuneJobs(self.registry, prepare_frozen_parts=True)
-        if not self.browser_secret:
-            self.browser_secret, self._secret_unsaved = _browser_state_secret()
+        self.jobs = FinetuneJobs(self.registry, prepare_frozen_parts=True)
+        self.browser_secret, self._secret_unsaved = _browser_state_secret()
 
     def start(self) -> None:
         """Once per process (later calls do nothing): check the Hub for the default weights, keep the browser-state
