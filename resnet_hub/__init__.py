@@ -34,10 +34,12 @@ _LAZY = {
     "DEFAULT_SOURCES": "hub",
     "Preprocessing": "metadata", "WeightsInfo": "metadata",
     "HubResNet": "weights", "create": "weights", "load": "weights",
+    "inspect": "inspection", "Inspection": "inspection",
 }
 
 if TYPE_CHECKING:
     from .hub import DEFAULT_SOURCES
+    from .inspection import Inspection, inspect
     from .metadata import Preprocessing, WeightsInfo
     from .model import ARCHITECTURES, BasicBlock, Bottleneck, ResNet, ResNetConfig, UnknownArchitectureError
     from .weights import HubResNet, create, load

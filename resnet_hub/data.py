@@ -99,6 +99,8 @@ class ImageDataset:
     skipped: dict[str, list[str]] = field(default_factory=dict)
     kind: str = PHOTO
     names: list[str] = field(default_factory=list)  # one per image, where it came from (e.g. the zip member)
+    fixes: dict[str, int] = field(default_factory=dict)  # what an inspection's fixes changed: counts, for the card
+    copy_groups: list[list[int]] | None = None  # copies found by an inspection; None: the fine-tune looks itself
 
     def image_name(self, index: int) -> str:
         """What to call image ``index`` when showing it: its member name, or its class and position."""

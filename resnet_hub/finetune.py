@@ -35,7 +35,10 @@ from .finetune_config import (  # noqa: F401 - re-exported
     FinetuneError,
 )
 from .distributed import World, init_world, run_device
-from .frozen import CachePlan, Unfrozen, frozen_trunk, plan_cache, small_photo_freeze
+from . import embeddings
+from .copies import keep_together, split_groups
+from .embeddings import image_key
+from .frozen import Unfrozen, cache_features, epoch_view, frozen_trunk, plan_cache, small_photo_freeze
 from .hardware import autocast_args, device_name, resolve_precision, synchronize
 from .images import to_tensor_batch
 from .metadata import Preprocessing
@@ -46,10 +49,6 @@ from .weights import HubResNet, create, load
 
 MAX_DEVICE_BYTES = 3 * 2**30  # the decoded training set kept on the device, at most
 MAX_CARD_MISTAKES = 50  # misclassified images listed in the card and config.json (the total is always given)
-# Images per forward pass of the cache: on a CPU few enough that a chunk's activations stay in the CPU cache (8 beat
-# 64 by 1.3-1.7x; docs/benchmarks.md); a GPU wants large batches.
-CACHE_CHUNK = {"cpu": 8, "cuda": 64}
-
 
 @dataclass(frozen=True)
 class Event:
@@ -301,36 +300,6 @@ def resolve_freeze(config: FinetuneConfig, dataset: ImageDataset, model: HubResN
     return -1, f"every stage trains (default for {'digits' if dataset.kind == 'digits' else 'a large photo set'})"
 
 
-def cache_features(trunk: Callable[[Tensor], Tensor], x: Tensor, plan: CachePlan, augment: str,
-                   generator: torch.Generator, should_stop: Callable[[], str], n_train: int | None = None
-                   ) -> list[Tensor] | str:
-    """Feature tensors computed chunk by chunk by ``trunk`` (:func:`frozen_trunk`), one per view: view 0 of all of
-    ``x``, the augmented views of its first ``n_train`` rows (the training images; default: all); or the reason a
-    stop arrived."""
-    # torch's chunk, or the images an OpenVINO part spreads over its streams at once
-    chunk = getattr(trunk, "chunk", None) or CACHE_CHUNK.get(x.device.type, CACHE_CHUNK["cuda"])
-    views = []
-    for v in range(plan.views):
-        rows = len(x) if v == 0 or n_train is None else n_train
-        out = torch.empty((rows, *plan.feature_shape), dtype=torch.float32, device=x.device)
-        for i in range(0, rows, chunk):
-            if reason := should_stop():
-                return reason
-            batch = x[i : min(i + chunk, rows)]
-            if v > 0:
-                batch = augment_batch(batch, augment, generator)
-            out[i : i + len(batch)] = trunk(batch)
-        views.append(out.contiguous(memory_format=torch.channels_last) if out.ndim == 4 else out)
-    return views
-
-
-def _epoch_view(epoch: int, config: FinetuneConfig, views: int) -> int:
-    """The cached view an epoch trains on: the clean view in clean epochs, else the views in turn."""
-    if epoch >= config.epochs - config.clean_epochs:
-        return 0
-    return epoch % views
-
-
 # ---------------------------------------------------------------------------
 # The run
 
@@ -361,7 +330,9 @@ def finetune(
     torch.manual_seed(config.seed)
 
     config.validate()  # before the split, which cannot take a bad val_fraction
-    train_idx, val_idx = stratified_split(dataset, config.val_fraction, seed=config.seed)
+    keys = [image_key(image) for image in dataset.images]
+    groups, copies_note = split_groups(dataset, keys)
+    train_idx, val_idx, moved = keep_together(*stratified_split(dataset, config.val_fraction, config.seed), groups)
     config.validate(len(train_idx))
     batch_size = config.resolved_batch_size(len(train_idx), world.size)
     if batch_size % world.size:
@@ -392,7 +363,8 @@ def finetune(
 
     batch_note = (f"batch {batch_size} (default {DEFAULT_BATCH_SIZE}, clipped to the {len(train_idx)} training images)"
                   if config.batch_size is None and batch_size < DEFAULT_BATCH_SIZE else "")
-    model.info.notes += [n for n in (freeze_note, batch_note, plan.message) if n]  # the app and CLI show them at the end
+    split_note = f"{moved} group{'s' * (moved != 1)} of copies kept on the training side of the split" if moved else ""
+    model.info.notes += [n for n in (freeze_note, batch_note, split_note, copies_note, plan.message) if n]  # the app and CLI show them at the end
     notes = [n for n in (precision_note, *model.info.notes) if n]
     report(Event("start", 0, total_steps, 0, config.epochs, message=_start_message(dataset, model, device, precision, world, notes)))
     start = time.perf_counter()
@@ -404,15 +376,24 @@ def finetune(
     features: list[Tensor] | None = None
     frozen_part = ("", "")
     if plan.cached:
-        trunk, trunk_note = frozen_trunk(model, x_all, n_train * plan.views + len(val_idx), autocast,
-                                         config.cache_engine, world.size, dataset.kind)
-        cached = cache_features(trunk, x_all, plan, augment, generator, should_stop, n_train=n_train)
+        whole = model.frozen_stages >= len(model.stage_names) and world.size == 1
+        order = [keys[i] for i in (*train_idx, *val_idx)]
+        view0 = embeddings.known(model, order) if whole else None
+        trunk, trunk_note = (None, "") if view0 is not None and plan.views == 1 else frozen_trunk(
+            model, x_all, n_train * plan.views + len(val_idx), autocast, config.cache_engine, world.size, dataset.kind)
+        cached = cache_features(trunk, x_all, plan, lambda b: augment_batch(b, augment, generator), should_stop,
+                                n_train=n_train, view0=view0)
         openvino = getattr(trunk, "precision", None)  # an engines.OpenVINOPart; torch's is a plain function
         frozen_part = (f"openvino {openvino}", trunk.source) if openvino else ("torch", "")
         del trunk, x_all
         if isinstance(cached, str):
             return _nothing_kept(report, history, f"{cached} while caching the frozen features", 0, total_steps, 0,
                                  config, time.perf_counter() - start)
+        if whole and view0 is None:
+            embeddings.remember(model, order, cached[0])
+        elif view0 is not None:
+            reused = f"the embeddings of all {len(order)} images read from the inspection's cache"
+            trunk_note = "; ".join(filter(None, [reused, trunk_note]))
         features = [view[:n_train] for view in cached]
         x_val = cached[0][n_train:]
         del x_train, cached  # the images are not needed again: the cache stands in for them
@@ -448,7 +429,7 @@ def finetune(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if features is not None:
-                x = features[_epoch_view(epoch, config, plan.views)][batch]
+                x = features[epoch_view(epoch, config, plan.views)][batch]
             else:
                 x = augment_batch(x_train[batch], "none" if clean else augment, generator)
             loss, correct = _train_step(net, optimizer, scaler, x, y_train[batch], autocast, config)
@@ -584,6 +565,8 @@ def _record_results(model, dataset, settings, val_acc, results, n_train, n_val, 
         "seconds": round(seconds, 1),
         "notes": [n for n in (plan.message,) if n],
     }
+    if dataset.fixes:
+        info.training["data_fixes"] = dataset.fixes  # counts of what an inspection's fixes changed, never file names
     if stopped_at is not None:
         info.training["stopped"] = {**stopped_at, "reason": stopped_reason}
     if previous is not None:

@@ -41,6 +41,9 @@ TRUNK_CONVERT_DEFAULT_S = 5.0
 TRUNK_CONVERSIONS = "frozen-part-conversions.json"  # in the engine cache: seconds each kind of part took to convert
 TRUNK_INT8 = True  # try an int8 frozen part first (checked as any other)
 TRUNK_CALIBRATION_IMAGES = 32
+# Images per forward pass of the cache: on a CPU few enough that a chunk's activations stay in the CPU cache (8 beat
+# 64 by 1.3-1.7x; docs/benchmarks.md); a GPU wants large batches.
+CACHE_CHUNK = {"cpu": 8, "cuda": 64}
 TRUNK_CHECK_IMAGES = 4  # the OpenVINO frozen part's features are checked against torch's fp32 ones on these first images
 
 
@@ -157,7 +160,7 @@ class _FrozenForward(nn.Module):
         return frozen_features(self.frozen, x, _CPU_FP32)
 
 
-def _frozen_identity(frozen: HubResNet, input_shape: tuple[int, ...]) -> tuple[str, str]:
+def frozen_identity(frozen: HubResNet, input_shape: tuple[int, ...]) -> tuple[str, str]:
     """(the cache key of ``frozen``'s frozen part: its own weights (the stem and frozen stages with their BatchNorm
     statistics, not the new head), depth and input shape; its size, on which a conversion's time depends)."""
     parts = nn.ModuleList([m for _, m in frozen.stage_modules()[: frozen.frozen_stages + 1]])
@@ -195,7 +198,7 @@ def frozen_trunk(model: HubResNet, x: Tensor, passes: int, autocast: dict, engin
         return torch_fn, "frozen part on torch: several processes share the cores" if engine == "openvino" else ""
     cache_dir = engines.default_cache_dir()
     shape = tuple(x.shape[1:])
-    key, size = _frozen_identity(model, shape)
+    key, size = frozen_identity(model, shape)
     probe = x[:TRUNK_CHECK_IMAGES]
     candidates = (("int8",) if TRUNK_INT8 else ()) + (precision,)
     cached = {c: engines.OpenVINOPart.is_cached(cache_dir, key, c, _calibration_name(kind)) for c in candidates}
@@ -258,7 +261,7 @@ def prepare_frozen_part(model: HubResNet, kind: str, precision: str = "auto") ->
             or _runs_train_on_a_gpu()):
         return ""
     p = model.preprocessing
-    key, _ = _frozen_identity(model, (len(p.mean), p.input_size, p.input_size))
+    key, _ = frozen_identity(model, (len(p.mean), p.input_size, p.input_size))
     first = "int8" if TRUNK_INT8 else "fp32"  # fp32 and bf16 read the same converted IR
     if engines.OpenVINOPart.is_cached(engines.default_cache_dir(), key, first, _calibration_name(kind)):
         return ""
@@ -330,3 +333,33 @@ def _trunk_calibration(model: HubResNet, kind: str) -> Tensor:
     """Real images of the data's kind (MNIST digits, or scikit-image photos), as the run preprocesses them."""
     return to_tensor_batch(calibration_images("digits" if kind == "digits" else "photo", TRUNK_CALIBRATION_IMAGES),
                            model.preprocessing)
+
+
+def cache_features(trunk: Callable[[Tensor], Tensor], x: Tensor, plan: CachePlan, augment: Callable[[Tensor], Tensor],
+                   should_stop: Callable[[], str], n_train: int | None = None, view0: Tensor | None = None
+                   ) -> list[Tensor] | str:
+    """Feature tensors computed chunk by chunk by ``trunk`` (:func:`frozen_trunk`), one per view: view 0 of all of
+    ``x`` (``view0`` where it is known already: the embeddings an inspection computed), the ``augment``-ed views of
+    its first ``n_train`` rows (the training images; default: all); or the reason a stop arrived."""
+    # torch's chunk, or the images an OpenVINO part spreads over its streams at once
+    chunk = getattr(trunk, "chunk", None) or CACHE_CHUNK.get(x.device.type, CACHE_CHUNK["cuda"])
+    views = [] if view0 is None else [view0.to(x.device)]
+    for v in range(len(views), plan.views):
+        rows = len(x) if v == 0 or n_train is None else n_train
+        out = torch.empty((rows, *plan.feature_shape), dtype=torch.float32, device=x.device)
+        for i in range(0, rows, chunk):
+            if reason := should_stop():
+                return reason
+            batch = x[i : min(i + chunk, rows)]
+            if v > 0:
+                batch = augment(batch)
+            out[i : i + len(batch)] = trunk(batch)
+        views.append(out.contiguous(memory_format=torch.channels_last) if out.ndim == 4 else out)
+    return views
+
+
+def epoch_view(epoch: int, config: FinetuneConfig, views: int) -> int:
+    """The cached view an epoch trains on: the clean view in clean epochs, else the views in turn."""
+    if epoch >= config.epochs - config.clean_epochs:
+        return 0
+    return epoch % views
