@@ -100,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(run=_starter)
 
+    from .inspect_cli import add_inspect_parser
     from .lab_cli import add_why_residual_parser
 
+    add_inspect_parser(sub)
     add_why_residual_parser(sub)
     return parser
 
@@ -156,6 +158,9 @@ def _add_finetune_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="split, order and initialisation seed (default: %(default)s)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="stop after this many seconds; what was learned by then is saved, marked as stopped")
+    p.add_argument("--drop-flagged", action="store_true",
+                   help="inspect the data on the base first (see `inspect`) and train without the images it flags: "
+                        "probable label issues, all but one image of each copy group, outliers")
     p.add_argument("--onnx", action="store_true",
                    help="also write model.onnx into --out (opset 17, checked against PyTorch with onnxruntime on real "
                         "images); if the exporter fails the safetensors model is still saved")
@@ -175,8 +180,8 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
     from .errors import DataError, PushError
     from .finetune import FinetuneConfig, finetune
     from .hub import parse_repo_id
+    from .cli_common import resolved_base
     from .names import output_folder
-    from .services.registry import ModelRegistry
 
     out = output_folder(args.out)
     if out.exists() and not args.overwrite:
@@ -204,14 +209,13 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
             raise DataError(f"--limit-per-class must be at least 1, got {args.limit_per_class}")
         limit["limit_per_class"] = args.limit_per_class
     dataset = load_dataset(args.data, **limit)  # bad data is said before a base is fetched or a starter built
-    # The base as the app's chooser reads it: a model of the store by name, and offline the starters for the short names.
     if not config.base.startswith("scratch:"):
-        registry = ModelRegistry(check_hub=False, allow_paths=True)
-        if note := registry.starter_note(config.base):
-            print(f"note: {note}", file=sys.stderr)
-        bar = _StarterBar(enabled=not args.json)
-        config.base = registry.base_source(config.base, bar, only=True)
-        bar.close()
+        config.base = resolved_base(config.base, quiet=args.json)
+    dropped = None
+    if args.drop_flagged:
+        from .inspect_cli import drop_flagged
+
+        dataset, dropped = drop_flagged(dataset, config.base, config.image_size, args.json)
     is_main = int(os.environ.get("RANK", "0")) == 0
     bar = _ProgressBar(enabled=is_main and not args.json)
     result = finetune(dataset, config, on_event=bar)
@@ -238,6 +242,8 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
             summary["onnx"] = {"error": str(e)}
             print(f"note: no model.onnx: {e}", file=sys.stderr)
     summary["stopped_at"] = result.stopped_at
+    if dropped is not None:
+        summary["dropped"] = dropped
     summary.update(result.results.to_dict())  # confusion matrix, per-class metrics, misclassified images
     summary["metrics"] = result.model.info.metrics
     summary["hyperparameters"] = result.model.info.training["hyperparameters"]
@@ -252,28 +258,6 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         if args.push_to:
             print(f"pushed: {summary['pushed']}")
     return summary
-
-
-class _StarterBar:
-    """Draws a starter model's training progress (StarterBuild) as a tqdm bar."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.bar = None
-
-    def __call__(self, build) -> None:
-        if not self.enabled or not build.total_steps:
-            return
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=build.total_steps, unit="step", desc=f"training the {build.arch} starter",
-                            dynamic_ncols=True)
-        self.bar.update(build.step - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 class _ProgressBar:
@@ -328,6 +312,7 @@ def _registry(args: argparse.Namespace, choices: Sequence[str]):
     Short names fall back to the starter digit models offline, saying so (and training them
     first, with a progress bar, if this machine has none yet).
     """
+    from .cli_common import StarterBar
     from .services.registry import ModelRegistry
 
     registry = ModelRegistry(args.device, args.precision, check_hub=False, compile=args.compile, allow_paths=True,
@@ -336,7 +321,7 @@ def _registry(args: argparse.Namespace, choices: Sequence[str]):
         note = registry.starter_note(choice)
         if note:
             print(f"note: {note}", file=sys.stderr)
-            bar = _StarterBar(enabled=not args.json)
+            bar = StarterBar(enabled=not args.json)
             registry.starters.wait(choice.strip(), bar, only=True)
             bar.close()
     return registry
