@@ -108,20 +108,23 @@ class FinetuneJobs:
         """0: training now (or finished); n: n trainings ahead of it in line."""
         return max(0, self.slot.position(job.ticket)) if job.ticket is not None else 0
 
-    def start(self, data: str | Path, config: FinetuneConfig, model_name: str | None = None,
+    def start(self, data: str | Path | ImageDataset, config: FinetuneConfig, model_name: str | None = None,
               visitor: Visitor = LOCAL) -> Job:
         """Read the data, then queue the run for the training slot; it trains in a background thread.
 
-        ``data`` is a zip path or 'mnist-sample'. The new model is ``visitor``'s, saved under their name.
+        ``data`` is a zip path, 'mnist-sample', or a set already read (an inspection's fixed set). The new model is
+        ``visitor``'s, saved under their name.
         """
         if not visitor.can_own:
             raise ServiceError("this page has no visitor id yet: reload it, then start again")
         job = Job(uuid.uuid4().hex, visitor=visitor, config=config)
         try:
             with self._lock:  # the name is reserved at once: a second run named the same hears so before waiting
-                job.folder = self._new_model_folder(model_name, data, config.base, visitor, self._saving_to)
+                named = data.name if isinstance(data, ImageDataset) else data
+                job.folder = self._new_model_folder(model_name, named, config.base, visitor, self._saving_to)
                 self._saving_to.add(job.folder)
-            job.dataset = mnist_sample() if str(data) == "mnist-sample" else read_zip(data)
+            job.dataset = (data if isinstance(data, ImageDataset) else mnist_sample() if str(data) == "mnist-sample"
+                           else read_zip(data))
             if not config.base.startswith("scratch:"):
                 config.base = self.registry.base_source(config.base, visitor=visitor)
             if config.image_size is None:

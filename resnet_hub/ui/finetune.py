@@ -11,8 +11,9 @@ from ..finetune_config import FREEZE_ADVICE, FinetuneConfig
 from ..services.publish import model_downloads, push_stored_model
 from ..store import stored_model
 from .charts import CONFUSION_CORNER, PER_CLASS_HEADERS, accuracy_curves, confusion_table, confusion_widths, loss_curve
-from .common import PageParts, gpu, model_chooser
+from .common import UPLOAD_LIMIT, PageParts, gpu, model_chooser
 from .context import AppContext
+from .inspect import build_inspect_panel
 from .workarounds import drawn_or_kept, user_error
 
 ANY_CLASS = "(any)"
@@ -99,7 +100,8 @@ def build_finetune_tab(ctx: AppContext, visitor_state: gr.State, parts: PagePart
                         elem_id="finetune-ownership")
         with gr.Row():
             with gr.Column():
-                data_zip = gr.File(label="A .zip with one folder per class", file_types=[".zip"], type="filepath",
+                data_zip = gr.File(label=f"A .zip with one folder per class (up to {UPLOAD_LIMIT})", file_types=[".zip"],
+                                   type="filepath",
                                    elem_id="finetune-zip")
                 use_mnist = gr.Checkbox(label="Use the bundled MNIST sample instead (5,000 digits)", value=False)
                 base = model_chooser(parts, "Start from", "resnet18",
@@ -149,6 +151,7 @@ def build_finetune_tab(ctx: AppContext, visitor_state: gr.State, parts: PagePart
                 download = gr.File(label="Download: the weights (a zip of model.safetensors + config.json + "
                                          "README.md) and model.onnx (opset 17, checked against PyTorch)",
                                    file_count="multiple", elem_id="finetune-download")
+        panel = build_inspect_panel(ctx, visitor_state, data_zip, use_mnist, base)
         with gr.Accordion("Push to the Hugging Face Hub", open=False):
             if gr.utils.get_space() is not None:
                 # The login button needs a real Space's OAuth app; elsewhere Gradio would mock it with this
@@ -165,6 +168,20 @@ def build_finetune_tab(ctx: AppContext, visitor_state: gr.State, parts: PagePart
             push_result = gr.Markdown()
 
         @gpu(duration=300)
+        def train_fixed(data_zip, use_mnist, base, epochs, lr, freeze, name, seed=0, browser_id=None,
+                        inspection_id=None, decisions=None, request: gr.Request = None,
+                        profile: gr.OAuthProfile | None = None, oauth_token: gr.OAuthToken | None = None):
+            """Train on the inspected set with the visitor's fixes (dropped and moved images)."""
+            visitor = ctx.visitor_of(browser_id, request, profile, oauth_token)
+            try:
+                data = ctx.inspections.fixed_dataset(inspection_id, {int(k): v for k, v in (decisions or {}).items()},
+                                                     visitor)
+            except ResNetHubError as e:
+                raise user_error(e) from None
+            yield from train(data, False, base, epochs, lr, freeze, name, seed, browser_id, request, profile,
+                             oauth_token)
+
+        @gpu(duration=300)
         def train(data_zip, use_mnist, base, epochs, lr, freeze, name, seed=0, browser_id=None,
                   request: gr.Request = None, profile: gr.OAuthProfile | None = None,
                   oauth_token: gr.OAuthToken | None = None):
@@ -172,7 +189,7 @@ def build_finetune_tab(ctx: AppContext, visitor_state: gr.State, parts: PagePart
             results."""
             visitor = ctx.visitor_of(browser_id, request, profile, oauth_token)
             data = "mnist-sample" if use_mnist else data_zip
-            if not data:
+            if data is None or (isinstance(data, str) and not data):
                 raise user_error("no data: upload a .zip with one folder per class, or tick 'bundled MNIST sample'")
             while (build := ctx.registry.pending_starter(base)) is not None and not build.done.wait(1.0):
                 yield {status: f"Waiting for the {build.describe()}.", start: running_button(),
@@ -185,7 +202,9 @@ def build_finetune_tab(ctx: AppContext, visitor_state: gr.State, parts: PagePart
             except (ResNetHubError, ValueError, TypeError) as e:
                 raise user_error(e) from None
             history = []
-            summary = f"Training on {job.dataset.summary()}. Will be saved as `{job.folder.name}`."
+            fixes = ", ".join(f"{n} {what}" for what, n in job.dataset.fixes.items())
+            summary = (f"Training on {job.dataset.summary()}{f' (fixed: {fixes})' if fixes else ''}. Will be saved "
+                       f"as `{job.folder.name}`.")
             try:
                 waiting = jobs.position(job) > 0
                 yield {job_id: job.id, status: f"{summary}\n\n{queue_line(jobs.position(job))}" if waiting else summary,
@@ -304,14 +323,19 @@ def build_finetune_tab(ctx: AppContext, visitor_state: gr.State, parts: PagePart
 
         # The status line carries the run's progress ("minimal": no overlay over the plots, the results
         # or the inputs); the Start button says a run is going and comes back when it ends, however it ends.
-        start.click(train, [data_zip, use_mnist, base, epochs, lr, freeze, name, seed, visitor_state],
-                    [job_id, status, loss_plot, accuracy_plot, confusion, download, start, *parts.choosers],
-                    # Several may be in the handler: one trains (resnet_hub.training_slot), the others show their
-                    # place in line, which a run held in Gradio's own queue could not.
-                    api_name="finetune", concurrency_limit=4, concurrency_id="finetune", show_progress="minimal",
-                    ).then(idle_button, None, start, api_name=False, queue=False
-                    ).then(results_view, [job_id, visitor_state],
-                           [per_class, true_class, predicted_class, mistakes, mistakes_caption], api_name=False)
+        run_inputs = [data_zip, use_mnist, base, epochs, lr, freeze, name, seed, visitor_state]
+        run_outputs = [job_id, status, loss_plot, accuracy_plot, confusion, download, start, *parts.choosers]
+        for button, handler, inputs, api_name in (
+                (start, train, run_inputs, "finetune"),
+                (panel.train_fixed, train_fixed, [*run_inputs, panel.inspection_id, panel.decisions],
+                 "finetune_fixed")):
+            # Several may be in the handler: one trains (resnet_hub.training_slot), the others show their place in
+            # line, which a run held in Gradio's own queue could not.
+            button.click(handler, inputs, run_outputs, api_name=api_name, concurrency_limit=4,
+                         concurrency_id="finetune", show_progress="minimal",
+                         ).then(idle_button, None, start, api_name=False, queue=False
+                         ).then(results_view, [job_id, visitor_state],
+                                [per_class, true_class, predicted_class, mistakes, mistakes_caption], api_name=False)
         stop_btn.click(stop, [job_id, visitor_state], None, api_name="stop_finetune", queue=False)
         cancel_btn.click(cancel, [job_id, visitor_state], None, api_name="cancel_finetune", queue=False)
         confusion.select(confusion_cell, [job_id, visitor_state],
