@@ -51,6 +51,7 @@ from .metadata import Preprocessing
 from .quiet import quiet_warnings
 
 JPEG_START = b"\xff\xd8\xff"
+JPEG_END = b"\xff\xd9"
 _EXIF_ORIENTATION = 0x0112
 PHASES = ("read", "header", "decode", "cpu fallback", "resize")
 
@@ -136,6 +137,8 @@ def _read(image: object, label: str, max_bytes: int) -> object:
 def _jpeg_header(index: int, data: object, label: str, max_pixels: int) -> _Jpeg | None:
     """The JPEG to decode on the device, after its header passed the pixel limit; None: the CPU path decodes it."""
     if not isinstance(data, bytes) or not data.startswith(JPEG_START):
+        return None
+    if not data.rstrip(b"\x00").endswith(JPEG_END):  # cut short: a hardware decoder may not say so; Pillow does
         return None
     try:
         with Image.open(io.BytesIO(data), formats=["JPEG"]) as img:  # reads the header, decodes no pixel

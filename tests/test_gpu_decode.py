@@ -137,6 +137,14 @@ def test_a_corrupt_file_is_that_images_error_not_the_batchs(damage, decoder_call
     assert str(batch.errors[1]) == str(cpu_error.value)
 
 
+def test_a_jpeg_cut_short_never_reaches_the_devices_decoder(decoder_calls):
+    """A hardware decoder may fill in a cut-short file without a word: Pillow, which says so, sees it instead."""
+    good = photos()
+    batch = decode_to_device([good[0], good[1][:-2000], good[2]], P, "cpu")
+    assert decoder_calls == [2] and batch.rows == [0, 2]
+    assert "truncated" in str(batch.errors[1])
+
+
 def test_other_formats_and_cmyk_jpegs_take_the_cpu_path(decoder_calls):
     png = io.BytesIO()
     Image.fromarray(skimage.data.coffee()).save(png, "PNG")

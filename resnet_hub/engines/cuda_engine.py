@@ -101,7 +101,8 @@ class _Graph:
                 module(self.input)
         torch.cuda.current_stream(example.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: other threads may use the GPU meanwhile (a fine-tune beside the app's inference)
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.output = module(self.input)
 
     def replay(self, x: Tensor) -> tuple[Tensor, Tensor]:
