@@ -1,10 +1,10 @@
 """The GPU check: one prepared run of every GPU path, each step under its own time cap, each table written at once.
 
-Steps (``--steps 0,2,3`` runs only some; the default caps sum to 8 minutes, the aim is under 5 on one H100):
+Steps (``--steps 0,2,3`` runs only some; the default caps sum to 8.5 minutes, the aim is under 5 on one H100):
 
 0. smoke: the package imports and runs one forward on the device (30 s);
 1. the test suite's GPU-marked tests, and ``torchrun --nproc_per_node=1`` (an NCCL process group and one DDP step,
-   then the package's ``finetune`` under torchrun) (120 s);
+   then the package's ``finetune`` under torchrun) (150 s);
 2. ResNet-50 and ResNet-18 model only at batch 256: each engine candidate of the chooser (checked against fp32),
    the Predictor as served, torchvision eager fp32 and eager AMP, in the same run; CUDA events, warm-up, median (120 s);
 3. end to end from JPEG bytes to top-5 at batch 256: nvJPEG on the GPU (``resnet_hub.gpu_decode``) against the

@@ -247,6 +247,7 @@ def step_model_only(table, device, sizes, work):
         del built, predictor, ref
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    table.note("torchvision eager runs with PyTorch's defaults (cuDNN may use TF32 for fp32 convolutions)")
     table.note(f"random-init weights (no network for ImageNet's): the check against fp32 gates on the logit error "
                f"(<= {engines.MAX_REL_ERROR}), top-1 agreement is shown; the check images are "
                f"{what}; input fp32 on the device, batch {sizes.batch}; median of {sizes.runs} runs after "
@@ -487,7 +488,7 @@ def step_service(table, device, sizes, work):
 
 STEPS = {
     0: ("smoke", "a smoke test: the package imports and runs one forward", step_smoke, 30),
-    1: ("tests", "the GPU-marked tests, and torchrun --nproc_per_node=1", step_tests, 120),
+    1: ("tests", "the GPU-marked tests, and torchrun --nproc_per_node=1", step_tests, 150),
     2: ("model-only", "model-only throughput per engine candidate, against torchvision eager fp32 and AMP",
         step_model_only, 120),
     3: ("end-to-end", "end to end from JPEG bytes to top-5: device decoding against Pillow on the CPU",

@@ -37,6 +37,11 @@ def test_a_gpu_with_bf16_gets_graphs_in_both_half_precisions_and_one_compiled_ca
     assert cuda_candidates(("fp32",)) == []
 
 
+def test_the_compiled_candidate_can_be_left_out(monkeypatch):
+    monkeypatch.setenv("RESNET_HUB_CUDA_COMPILE", "0")
+    assert cuda_candidates(("bf16", "fp16", "fp32")) == [("cuda graphs", "bf16"), ("cuda graphs", "fp16")]
+
+
 def test_a_batch_is_padded_to_the_next_bucket():
     assert [bucket(n) for n in (1, 3, 8, 9, 200, 256)] == [1, 4, 8, 16, 256, 256]
     assert BUCKETS[-1] == 256

@@ -10,6 +10,7 @@ variant, per size, never one per request. Rows are independent in eval mode, so 
 
 from __future__ import annotations
 
+import os
 import threading
 
 import torch
@@ -29,9 +30,10 @@ COMPILE_MODE = "default"  # TorchInductor's; "max-autotune-no-cudagraphs" also t
 def cuda_candidates(precisions: tuple[str, ...]) -> list[tuple[str, str]]:
     """The CUDA engines the chooser tries beside plain torch, for a GPU computing ``precisions`` fast (fastest first):
     CUDA graphs in each half precision, and the compiled model (in the fastest one only: compiling costs tens
-    of seconds, and bf16 and fp16 run at the same tensor-core rate)."""
+    of seconds, and bf16 and fp16 run at the same tensor-core rate). ``RESNET_HUB_CUDA_COMPILE=0`` leaves it out."""
     half = [p for p in precisions if p in ("bf16", "fp16")]
-    return [("cuda graphs", p) for p in half] + ([("cuda compiled", half[0])] if half else [])
+    compiled = half[:1] if os.environ.get("RESNET_HUB_CUDA_COMPILE", "1") != "0" else []
+    return [("cuda graphs", p) for p in half] + [("cuda compiled", p) for p in compiled]
 
 
 def bucket(n: int) -> int:
@@ -82,7 +84,10 @@ class CudaEngine:
         if self.graphs:
             graph = self._graphs.get(tuple(x.shape))
             if graph is None:
-                graph = self._graphs[tuple(x.shape)] = _Graph(self.module, x)
+                try:
+                    graph = self._graphs[tuple(x.shape)] = _Graph(self.module, x)
+                except Exception as e:  # noqa: BLE001 - compiling or capturing failed: the chooser refuses this engine
+                    raise EngineError(f"{self.name} could not run a batch of {size}: {type(e).__name__}: {e}") from e
             logits, feats = graph.replay(x)
         else:
             logits, feats = self.module(x)
