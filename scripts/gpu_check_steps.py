@@ -420,11 +420,15 @@ def measure_load(source: str, device_type: str, warm: str | None) -> None:
 
 
 def _rss_anon() -> int:
+    """The process's resident anonymous memory in bytes: RssAnon, or where a kernel (gVisor's) lacks it, statm's
+    resident less shared pages."""
     with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no RssAnon in /proc/self/status")
+    with open("/proc/self/statm", encoding="ascii") as f:
+        _, resident, shared, *_ = map(int, f.read().split())
+    return (resident - shared) * os.sysconf("SC_PAGE_SIZE")
 
 
 # --- 5: bench-finetune ---------------------------------------------------------------------------------------
