@@ -56,9 +56,10 @@ def test_the_cuda_engines_are_refused_on_a_cpu_with_a_reason():
         CudaEngine(tiny_model(), CPU, "fp32", graphs=False)
 
 
-@pytest.mark.parametrize("n", [1, 5, 300])
+@pytest.mark.parametrize("n", [1, 5, 300, 520])
 def test_padded_and_split_passes_give_each_image_its_own_answer(n):
-    """300 images: a pass of 256 and one of 44 padded to 64; every row as the fp32 model gives it, in order."""
+    """300 images: a pass of 256 and one of 44 padded to 64; 520: two of 256 and one of 8; every row as the fp32
+    model gives it, in order."""
     model = tiny_model(size=16)
     engine = CudaEngine(model, CPU, "bf16", graphs=False)
     x = torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(n))
@@ -69,6 +70,33 @@ def test_padded_and_split_passes_give_each_image_its_own_answer(n):
     assert features.shape[0] == n
     assert relative_error(logits, ref) < 0.05
     assert (logits.argmax(1) == ref.argmax(1)).float().mean() > 0.9
+
+
+class SameBuffers(torch.nn.Module):
+    """Returns its outputs in the same buffers every call of a shape, as a replayed CUDA graph does."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner, self.buffers = inner, {}
+
+    def forward(self, x):
+        out = self.inner(x)
+        kept = self.buffers.setdefault(x.shape, tuple(t.clone() for t in out))
+        for buffer, t in zip(kept, out):
+            buffer.copy_(t)
+        return kept
+
+
+def test_a_batch_split_into_passes_of_one_shape_keeps_each_passs_answer():
+    """520 images: two passes of 256 through the same buffers; the first's rows are copied out before the second."""
+    model = tiny_model(size=16)
+    engine = CudaEngine(model, CPU, "bf16", graphs=False)
+    engine.module = SameBuffers(engine.module)
+    x = torch.randn(520, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    logits = engine(x)[0]
+    with torch.inference_mode():
+        ref = model(x)
+    assert relative_error(logits[:256], ref[:256]) < 0.05 and relative_error(logits[256:512], ref[256:512]) < 0.05
 
 
 def test_logits_alone_skip_the_feature_copy():
@@ -89,7 +117,7 @@ def test_on_cuda_each_cuda_engine_agrees_with_fp32_at_every_batch_size(name):
     model = tiny_model("resnet50", size=64).cuda()
     built = engines.build(model, torch.device("cuda"), engine_name, precision, calibration=None, cache_dir=None,
                           weights_key="")
-    for n in (1, 3, 16, 300):  # 300: one graph of 256 and one of 64
+    for n in (1, 3, 16, 300, 520):  # 300: the graphs of 256 and 64; 520: the graph of 256 twice, then that of 8
         x = torch.randn(n, 3, 64, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(n))
         with torch.inference_mode():
             ref = model(x)

@@ -68,12 +68,16 @@ class CudaEngine:
 
     def __call__(self, x: Tensor, features: bool = True) -> tuple[Tensor, Tensor | None]:
         x = x.to(self.device, self.input_dtype, non_blocking=True)
+        logits, feats = [], []
         with self._lock, torch.inference_mode(), _cudnn_tuned():
-            outs = [self._pass(chunk) for chunk in x.split(BUCKETS[-1])]
-            # .float() copies out of the graph's buffers, which the next replay overwrites
-            logits = torch.cat([o[0] for o in outs]).float()
-            feats = torch.cat([o[1] for o in outs]).float() if features else None
-        return logits, feats
+            for chunk in x.split(BUCKETS[-1]):
+                # .float() copies out of the graph's buffers before the next replay (the next chunk's) overwrites them
+                out, out_features = self._pass(chunk)
+                logits.append(out.float())
+                feats.append(out_features.float() if features else None)
+        if len(logits) == 1:
+            return logits[0], feats[0]
+        return torch.cat(logits), torch.cat(feats) if features else None
 
     def _pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
         n = len(x)
