@@ -331,7 +331,7 @@ def step_end_to_end(table, device, sizes, work):
                     pre.append((mid - start) * 1000)
                     net.append((time.perf_counter() - mid) * 1000)
             ms = statistics.median(on_cpu)
-            same = np.mean([a.class_ids[0] == c.class_ids[0] for a, c in zip(answers, cpu_answers)])
+            same = np.mean([getattr(a, "class_ids", [None])[0] == c.class_ids[0] for a, c in zip(answers, cpu_answers)])
             table.row(**{"photos": label, "path": f"Pillow on the CPU, {os.cpu_count()} threads (Predictor.preprocess)",
                          "batch": sizes.batch, "images/s": 1000 * sizes.batch / ms, "ms per batch": ms, "read ms": 0.0,
                          "header ms": 0.0, "decode ms": statistics.median(pre), "cpu fallback ms": 0.0, "resize ms": 0.0,
