@@ -207,8 +207,13 @@ def _versions() -> str:
     return f"Python {platform.python_version()}, torch {torch.__version__}, {platform.node()}, {os.cpu_count()} CPUs"
 
 
-def parse_caps(pairs: list[str]) -> dict[int, float]:
-    caps = {step: float(cap) for step, (_, _, _, cap) in STEPS.items()}
+CPU_CAP_FACTOR = 4  # the tiny CPU run shares 2 cores with whatever else runs: its caps guard against hangs only
+
+
+def parse_caps(pairs: list[str], device: str = "cuda") -> dict[int, float]:
+    """Each step's cap in seconds: its default (times CPU_CAP_FACTOR on a CPU), or STEP=SECONDS from ``pairs``."""
+    factor = CPU_CAP_FACTOR if device == "cpu" else 1
+    caps = {step: float(cap) * factor for step, (_, _, _, cap) in STEPS.items()}
     for pair in pairs:
         step, _, seconds = pair.partition("=")
         try:
@@ -248,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("name the output folder")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    caps = parse_caps(args.cap)
+    caps = parse_caps(args.cap, args.device)
     if args.child is not None:
         run_child(args.child, out, args.device, Path(args.work), caps[args.child])
         return 0
