@@ -30,7 +30,7 @@ and runs this script. Nothing here imports gradio or OpenVINO.
 
     python scripts/gpu_check.py OUT                      # every step, on CUDA
     python scripts/gpu_check.py OUT --steps 2,3 --cap 2=200
-    python scripts/gpu_check.py OUT --device cpu         # every step at tiny sizes: a CPU test (tests/test_gpu_check.py)
+    python scripts/gpu_check.py OUT --device cpu         # every step at tiny sizes, caps x4: a CPU test (tests/test_gpu_check.py)
 """
 
 from __future__ import annotations
