@@ -189,3 +189,20 @@ def cpu_ghz() -> float:
 def autocast_args(device: torch.device, precision: str) -> dict:
     """``torch.autocast``'s arguments for ``precision`` on ``device`` (fp32: autocast off)."""
     return {"device_type": device.type, "dtype": DTYPES[precision], "enabled": precision != "fp32"}
+
+
+def elapsed_ms(fn, device: torch.device) -> float:
+    """Milliseconds that ``fn()`` takes on ``device``: between CUDA events on a GPU (its own clock, the queued work
+    included), else by the wall clock."""
+    if device.type != "cuda":
+        import time
+
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1000
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)

@@ -26,7 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .errors import ResNetHubError
-from .hardware import device_name, resolve_device, resolve_precision, synchronize
+from .hardware import device_name, elapsed_ms, resolve_device, resolve_precision, synchronize
 from .images import center_digit, decode_batch, decode_to_tensor_batch, eval_transform, load_image, resize_and_crop, to_tensor_batch
 from .weights import HubResNet, load
 
@@ -417,10 +417,7 @@ class Predictor:
         return self._timing(batch_size, [self._timed_run(x) for _ in range(runs)])
 
     def _timed_run(self, x: Tensor) -> float:
-        start = time.perf_counter()
-        self.logits(x)
-        synchronize(self.device)
-        return (time.perf_counter() - start) * 1000
+        return elapsed_ms(lambda: self.logits(x), self.device)  # CUDA events on a GPU
 
     def _timing(self, batch_size: int, times: list[float]) -> Timing:
         return Timing(

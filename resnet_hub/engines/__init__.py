@@ -1,10 +1,12 @@
 """Inference engines behind the :class:`~resnet_hub.predict.Predictor`, and the choice among them.
 
-Two engines, several precisions each:
+The engines, several precisions each:
 
 * ``torch``: the model itself, BatchNorm folded into the convolutions, channels_last;
   fp32, bf16 (CPUs with AVX-512-BF16/AMX, Ampere+ GPUs), fp16 (GPUs), int8 (FX static
-  quantization, PyTorch's x86 engine: VNNI CPUs). GPUs always run torch.
+  quantization, PyTorch's x86 engine: VNNI CPUs).
+* ``cuda graphs`` and ``cuda compiled`` (GPUs): torch bf16/fp16 replayed from CUDA graphs, the second
+  compiled by TorchInductor first (:mod:`.cuda_engine`).
 * ``openvino`` (CPUs): the model converted by ``openvino.convert_model``; fp32, bf16 (where the
   CPU computes it) and int8 (NNCF post-training quantization on real calibration images).
 
@@ -30,7 +32,8 @@ from .base import (
     cam_from_features,
     weights_key,
 )
-from .choice import Candidate, EngineChoice, build, candidates, check, check_against_fp32, choose, measure, pick
+from .choice import Candidate, EngineChoice, build, candidate_builders, candidates, check, check_against_fp32, choose, measure, pick
+from .cuda_engine import BUCKETS, CUDA_ENGINES, CudaEngine, cuda_candidates
 from .openvino_engine import (
     OPENVINO_EXTRA,
     OpenVINOEngine,
@@ -48,8 +51,8 @@ from .torch_engine import TorchEngine, WithFeatures, fold_batchnorm, prepare_for
 
 __all__ = [
     "CALIBRATION_IMAGES", "CHECK_IMAGES", "CHOICE_FORMAT", "ENGINES", "MAX_REL_ERROR", "MIN_AGREEMENT", "OPENVINO_EXTRA",
-    "Candidate", "EngineChoice", "EngineError", "OpenVINOEngine", "OpenVINOPart", "TorchEngine", "WithFeatures",
-    "build", "cam_from_features", "candidates", "check", "check_against_fp32", "choose", "convert_cached",
+    "BUCKETS", "CUDA_ENGINES", "Candidate", "CudaEngine", "EngineChoice", "EngineError", "OpenVINOEngine", "OpenVINOPart", "TorchEngine", "WithFeatures",
+    "build", "cam_from_features", "candidate_builders", "candidates", "cuda_candidates", "check", "check_against_fp32", "choose", "convert_cached",
     "default_cache_dir", "fold_batchnorm", "forget_converted", "is_converted", "measure", "nncf_available", "nncf_version",
     "openvino_available", "openvino_version", "pick", "prepare_for_inference", "quantize_int8", "weights_key",
 ]

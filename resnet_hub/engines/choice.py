@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import statistics
@@ -18,6 +19,7 @@ from ..hardware import cpu_has_fast_bf16, cpu_has_int8, fast_precisions, synchro
 from ..model import ResNet
 
 from .base import CHOICE_FORMAT, ENGINES, MAX_REL_ERROR, MIN_AGREEMENT, EngineError, _digest
+from .cuda_engine import CUDA_ENGINES, CudaEngine, cuda_candidates
 from .openvino_engine import OPENVINO_EXTRA, OpenVINOEngine, nncf_version, openvino_version
 from .torch_engine import TorchEngine
 
@@ -100,7 +102,8 @@ def candidates(device: torch.device, engine: str = "auto") -> list[tuple[str, st
     if device.type == "cuda":
         if engine == "openvino":
             raise EngineError("OpenVINO runs on CPUs here; on a GPU the engine is torch")
-        return [("torch", p) for p in fast_precisions(device)]
+        fast = fast_precisions(device)
+        return [("torch", p) for p in fast] + cuda_candidates(fast)
     pairs = []
     if engine in ("auto", "openvino"):
         pairs += [("openvino", "int8")] + ([("openvino", "bf16")] if cpu_has_fast_bf16() else []) + [("openvino", "fp32")]
@@ -118,6 +121,10 @@ def build(model: ResNet, device: torch.device, engine: str, precision: str, *, c
         if device.type != "cpu":
             raise EngineError("OpenVINO runs on CPUs here")
         return OpenVINOEngine(model, precision, calibration=calibration, cache_dir=cache_dir, weights_key=weights_key)
+    if engine in CUDA_ENGINES:
+        if device.type != "cuda":
+            raise EngineError(f"{engine} runs on a CUDA GPU")
+        return CudaEngine(model, device, precision, compile=engine == "cuda compiled")
     if precision in ("bf16", "fp16") and precision not in fast_precisions(device):
         raise EngineError(f"{precision} is not fast on this {'CPU' if device.type == 'cpu' else 'GPU'}")
     return TorchEngine(model, device, precision, calibration=calibration, fold=fold, compile=compile)
@@ -209,6 +216,15 @@ def measure(built: dict[str, Callable[[Tensor], Any]], images: Tensor, device: t
     return {name: (statistics.median(a), statistics.median(b)) for name, (a, b) in times.items()}
 
 
+def candidate_builders(model: ResNet, device: torch.device, *, engine: str = "auto", calibration: Tensor | None = None,
+                       cache_dir: Path | None = None, weights_key: str = "", fold: bool = True,
+                       compile: bool = False) -> dict[str, Callable[[], Any]]:
+    """A builder of each candidate :func:`choose` tries here, by name ("torch bf16", "cuda graphs fp16" ...)."""
+    return {f"{e} {p}": functools.partial(build, model, device, e, p, calibration=calibration, cache_dir=cache_dir,
+                                          weights_key=weights_key, fold=fold, compile=compile)
+            for e, p in candidates(device, engine)}
+
+
 def choose(model: ResNet, device: torch.device, *, engine: str, calibration: Tensor, check_images: Tensor,
            trained: bool, check_set: str, cache_dir: Path | None, weights_key: str, fold: bool = True,
            compile: bool = False, extra: dict[str, Callable[[], Any]] | None = None):
@@ -223,13 +239,13 @@ def choose(model: ResNet, device: torch.device, *, engine: str, calibration: Ten
             if trained else
             f"relative logit error <= {MAX_REL_ERROR} against fp32 (random weights: no accuracy to protect, "
             f"so top-1 agreement is reported but not required)")
+    # The reference runs where the candidates run: a model handed over on the CPU is copied to the GPU for it.
+    on_device = model if next(model.parameters()).device.type == device.type else copy.deepcopy(model).to(device)
     with torch.inference_mode():
-        reference = torch.cat([model(chunk.to(device)).float().cpu() for chunk in check_images.split(16)])
-    builders: dict[str, Callable[[], Any]] = {
-        f"{e} {p}": functools.partial(build, model, device, e, p, calibration=calibration, cache_dir=cache_dir,
-                                      weights_key=weights_key, fold=fold, compile=compile)
-        for e, p in candidates(device, engine)
-    }
+        reference = torch.cat([on_device(chunk.to(device)).float().cpu() for chunk in check_images.split(16)])
+    del on_device
+    builders = candidate_builders(model, device, engine=engine, calibration=calibration, cache_dir=cache_dir,
+                                  weights_key=weights_key, fold=fold, compile=compile)
     builders.update(extra or {})
     # OpenVINO's and NNCF's versions in the key: installing (or updating) them makes the choice afresh.
     key = _digest(CHOICE_FORMAT, weights_key, str(device), openvino_version(), nncf_version(), *builders)
