@@ -239,7 +239,8 @@ def classify_batch(
     """
     min_confidence = check_min_confidence(min_confidence)
     predictor = model if isinstance(model, Predictor) else Predictor(model)
-    plan = plan_stream(data if isinstance(data, (list, tuple)) and not _is_upload(data) else [data])
+    plan = data if isinstance(data, StreamPlan) else plan_stream(
+        data if isinstance(data, (list, tuple)) and not _is_upload(data) else [data])
     notes = [] if not tta or tta_applies(predictor) else [tta_refused(predictor)]
     rows: list[BatchRow] = []
     start = time.perf_counter()
