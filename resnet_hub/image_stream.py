@@ -89,12 +89,16 @@ def plan_stream(sources: Sequence[Any], *, limits: ZipLimits = ZipLimits()) -> S
     entries: list[_Entry] = []
     skipped: dict[str, list[str]] = {}
     for source in sources:
-        if isinstance(source, tuple):  # (name, bytes): an upload already in memory
+        if isinstance(source, tuple):  # (name, bytes) of an upload in memory, or (name, path): a file named for people
             name, data = source
+            if not isinstance(data, (bytes, bytearray)) and not Path(data).is_file():
+                raise DataError(f"{name} does not exist any more: upload it again")
             if str(name).lower().endswith(".zip"):
                 entries += _zip_entries(data, str(name), limits, skipped)
-            else:
+            elif isinstance(data, (bytes, bytearray)):
                 entries.append(_Entry(str(name), None, lambda d=bytes(data): d))
+            else:
+                entries.append(_Entry(str(name), None, lambda p=Path(data), n=str(name): _read_file(p, n)))
             continue
         path = Path(source).expanduser()
         if path.is_dir():

@@ -14,14 +14,13 @@ from ..owners import Visitor, new_browser_id
 from ..store import remove_expired
 from .about import build_about_tab
 from .classify import build_classify_tab
-from .common import PageParts, example_folders
+from .common import MAX_FILE_SIZE, PageParts, example_folders
 from .compare import build_compare_tab
 from .context import AppContext
 from .finetune import build_finetune_tab
 from .lab import build_lab_tab, lab_cached
 from .workarounds import SSR_MODE, quiet_pandas_warnings
 
-MAX_FILE_SIZE = "50mb"
 QUEUE_SIZE = 64
 DEFAULT_CONCURRENCY = 16
 BANNER_BEFORE_LOAD = "Checking which weights serve…"  # until the page's load event fills in the Hub check's answer
