@@ -87,7 +87,7 @@ def classify(args: argparse.Namespace, paths: list[str], make_registry) -> dict[
     report = result.to_dict()
     report.update(device=str(predictor.device), precision=predictor.precision, csv=args.csv,
                   results={r.file: dict(r.top_k) for r in result.rows if r.answered},
-                  errors={r.file: r.error for r in result.rows if not r.answered})
+                  failed={r.file: r.error for r in result.rows if not r.answered})
     return report
 
 
