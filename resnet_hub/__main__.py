@@ -466,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    batch_cli.check_given(args, parser)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the notes they carry are printed as "note: ..." lines

@@ -49,6 +49,13 @@ def inputs(args: argparse.Namespace, positional: str) -> list[str]:
     return list(given)
 
 
+def check_given(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """classify and compare with no image and no --data: a usage error, as argparse says its own."""
+    given = {"classify": "images", "compare": "image"}.get(getattr(args, "command", None))
+    if given and not getattr(args, given) and args.data is None:
+        parser.error(f"{args.command}: give an IMAGE (a file, folder or zip) or --data PATH")
+
+
 def is_batch(paths: list[str], args: argparse.Namespace) -> bool:
     """One image file answers as before (an unreadable one is the command's error); anything more is a batch,
     where a bad image is a row with its error."""
