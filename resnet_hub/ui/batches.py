@@ -21,6 +21,12 @@ UPLOAD_NOTE = f"up to {MAX_FILE_SIZE.upper().replace('MB', ' MB')} per file"
 BATCH_CONCURRENCY = 4  # page connections following a batch; the batches themselves run one at a time
 
 
+def mistakes_of(evaluation, true, predicted):
+    """The fine-tune results' gallery and caption (ui.finetune.mistakes_shown), for a set that is no validation split."""
+    shown, caption = mistakes_shown(evaluation, true, predicted)
+    return shown, caption.replace("validation image", "image")
+
+
 def rows_frame(rows) -> pd.DataFrame:
     return pd.DataFrame([r.cells() for r in rows[:MAX_TABLE_ROWS]], columns=CSV_HEADERS).astype(
         {"file": "str", "folder": "str", "top-1": "str", "top-k": "str", "error": "str"})
@@ -47,7 +53,8 @@ def build_batch_section(ctx: AppContext, visitor_state: gr.State, model, top_k, 
         progress = gr.Markdown(elem_id="batch-progress")
         table = gr.Dataframe(headers=CSV_HEADERS, label=f"One row per image (the first {MAX_TABLE_ROWS:,} shown; "
                                                         f"the CSV holds all)", interactive=False, wrap=True,
-                             max_height=420, elem_id="batch-table")
+                             max_height=420, column_widths=["26%", "9%", "11%", "10%", "28%", "16%"],
+                             elem_id="batch-table")
         download = gr.File(label="The table as CSV", elem_id="batch-download")
         verdict = gr.Markdown(elem_id="batch-verdict")
         confusion = gr.Dataframe(label="Confusion matrix (rows: true class, columns: predicted). Click a cell to see "
@@ -90,7 +97,7 @@ def build_batch_section(ctx: AppContext, visitor_state: gr.State, model, top_k, 
             yield job.id, said, rows_frame(job.rows), csv, text, None, None, None, "", gr.Button(interactive=True)
             return
         labels = evaluation.results.classes
-        shown, caption_text = mistakes_shown(evaluation, None, None)
+        shown, caption_text = mistakes_of(evaluation, None, None)
         yield (job.id, said, rows_frame(job.rows), csv, evaluation.summary(),
                gr.Dataframe(confusion_table(evaluation.results.confusion_matrix, labels),
                             column_widths=confusion_widths(labels)),
@@ -108,8 +115,8 @@ def build_batch_section(ctx: AppContext, visitor_state: gr.State, model, top_k, 
         row, column = evt.index
         labels = done.evaluation.results.classes
         if column == 0 or row >= len(labels) or column - 1 >= len(labels):
-            return mistakes_shown(done.evaluation, ANY_CLASS, ANY_CLASS)
-        return mistakes_shown(done.evaluation, labels[row], labels[column - 1])
+            return mistakes_of(done.evaluation, ANY_CLASS, ANY_CLASS)
+        return mistakes_of(done.evaluation, labels[row], labels[column - 1])
 
     run.click(classify_batch, [files, model, top_k, threshold, tta, visitor_state], outputs,
               api_name="classify_batch", concurrency_limit=BATCH_CONCURRENCY, concurrency_id="batches")
