@@ -269,3 +269,68 @@ def test_compare_data_json_reports_each_model_and_their_agreement(model_folder, 
                           "--device", "cpu", "--precision", "fp32", "--json")
     report = json.loads(stdout)
     assert code == 0 and report["agreement"] == 1.0 and len(report["models"]) == 2
+
+
+# --- the app's batch jobs --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def big_zip(tmp_path) -> Path:
+    path = tmp_path / "many.zip"
+    photo = _jpeg(skdata.coffee())
+    with zipfile.ZipFile(path, "w") as z:
+        for i in range(MANY):
+            z.writestr(f"photos/{i:03d}.jpg", photo)
+    return path
+
+
+MANY = 240
+
+
+def _registry():
+    from resnet_hub.services.registry import ModelRegistry
+
+    return ModelRegistry("cpu", "fp32", check_hub=False, allow_paths=True)
+
+
+def test_stop_keeps_the_rows_so_far_and_their_csv(model_folder, big_zip):
+    from resnet_hub.services.batches import BatchJobs
+    from resnet_hub.training_slot import TrainingSlot
+
+    jobs = BatchJobs(_registry(), TrainingSlot(), chunk=2)
+    job = jobs.start_classify([big_zip], str(model_folder), top_k=3)
+    job.events.get(timeout=120)  # the first chunk's rows
+    assert jobs.stop(job.id)
+    assert job.done.wait(120) and job.error is None
+    assert 0 < len(job.rows) < MANY  # stopped after the chunk under way
+    with open(job.csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["file"] for r in rows] == [r.file for r in job.rows]
+
+
+def test_only_the_visitor_who_started_a_batch_may_stop_it(model_folder, big_zip):
+    from resnet_hub.owners import Visitor
+    from resnet_hub.services.batches import BatchJobs
+    from resnet_hub.training_slot import TrainingSlot
+
+    jobs = BatchJobs(_registry(), TrainingSlot(), chunk=4)
+    owner, other = Visitor.on_space(browser_id="a" * 32), Visitor.on_space(browser_id="b" * 32)
+    job = jobs.start_classify([big_zip], str(model_folder), visitor=owner)
+    assert not jobs.stop(job.id, other)
+    assert jobs.stop(job.id, owner)
+    job.done.wait(120)
+
+
+def test_a_single_image_is_answered_while_a_batch_runs_on_the_same_model(model_folder, big_zip):
+    from resnet_hub.services.batches import BatchJobs
+    from resnet_hub.training_slot import TrainingSlot
+
+    registry = _registry()
+    jobs = BatchJobs(registry, TrainingSlot(), chunk=2)
+    job = jobs.start_classify([big_zip], str(model_folder))
+    job.events.get(timeout=120)  # the batch is under way
+    answer = registry.classify(skdata.chelsea(), str(model_folder), 3, heatmap=False)
+    assert not job.done.is_set()  # answered between the batch's passes, not after it
+    assert answer.prediction.top1 in CLASSES
+    jobs.stop(job.id)
+    job.done.wait(120)
