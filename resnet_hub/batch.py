@@ -121,12 +121,9 @@ def classify_chunks(
         k = min(k, len(restrict_to))
     tta = tta and tta_applies(predictor)
     p = predictor.model.preprocessing
-    draft = predictor.draft_side
 
     def prepare(data: bytes, name: str):
-        from .images import load_image
-
-        picture = load_image(data, name=name, draft=draft)
+        picture = predictor.decode(data, name)[0]  # a large JPEG decoded at reduced scale, as single requests are
         return crop_resized(predictor.layout([picture])[0], p)  # the crop the model sees
 
     mask = None
