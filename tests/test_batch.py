@@ -334,3 +334,18 @@ def test_a_single_image_is_answered_while_a_batch_runs_on_the_same_model(model_f
     assert answer.prediction.top1 in CLASSES
     jobs.stop(job.id)
     job.done.wait(120)
+
+
+def test_the_finetune_command_records_the_images_it_trained_on(tmp_path, capsys):
+    train_zip = tmp_path / "train.zip"
+    with zipfile.ZipFile(train_zip, "w") as z:
+        for cls, photo in PHOTOS.items():
+            for i in range(4):
+                z.writestr(f"{cls}/{i}.jpg", _jpeg(photo(), 10 * i))
+    out = tmp_path / "tuned"
+    code, _, err = run(capsys, "finetune", "--data", train_zip, "--base", "scratch:resnet18", "--epochs", "1",
+                       "--image-size", "32", "--batch-size", "4", "--out", out, "--json")
+    assert code == 0, err
+    record = json.loads((out / "trained_on.json").read_text())
+    assert len(record["train"]) + len(record["validation"]) == 12 and record["validation"]
+    assert not set(record["train"]) & set(record["validation"])
