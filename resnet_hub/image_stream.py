@@ -103,7 +103,7 @@ def plan_stream(sources: Sequence[Any], *, limits: ZipLimits = ZipLimits()) -> S
         path = Path(source).expanduser()
         if path.is_dir():
             entries += _folder_entries(path, skipped)
-        elif path.is_file() and zipfile.is_zipfile(path) and path.suffix.lower() == ".zip":
+        elif path.is_file() and path.suffix.lower() == ".zip":
             entries += _zip_entries(path, str(source), limits, skipped)
         elif path.is_file():
             entries.append(_Entry(str(source), None, lambda p=path, s=str(source): _read_file(p, s)))

@@ -97,6 +97,15 @@ def test_a_zip_with_no_images_is_a_clear_error(tmp_path):
         plan_stream([path])
 
 
+def test_a_zip_that_is_no_zip_or_a_missing_path_is_a_clear_error(tmp_path):
+    fake = tmp_path / "photos.zip"
+    fake.write_text("<html>Not found</html>")
+    with pytest.raises(DataError, match="photos.zip is not a readable zip file"):
+        plan_stream([fake])
+    with pytest.raises(DataError, match="does not exist"):
+        plan_stream([tmp_path / "nowhere"])
+
+
 def test_a_flat_zip_is_read_without_classes(tmp_path):
     path = tmp_path / "flat.zip"
     with zipfile.ZipFile(path, "w") as z:
