@@ -136,8 +136,8 @@ class Evaluation:
         """(image, caption) of the mistakes of one confusion-matrix cell (None: any), most confident first."""
         if self.results is None:
             return []
-        return [(self.thumbnails[m.index], f"{self.results.classes[m.true]} seen as "
-                 f"{self.results.classes[m.predicted]} ({m.confidence:.0%}): {m.name}")
+        return [(self.thumbnails[m.index], (f"{self.results.classes[m.true]} seen as "
+                                             f"{self.results.classes[m.predicted]} ({m.confidence:.0%}): {m.name}"))
                 for m in self.results.mistakes(true, predicted) if m.index in self.thumbnails]
 
     def to_dict(self) -> dict[str, Any]:

@@ -253,7 +253,7 @@ def test_classify_a_zip_prints_json_rows_and_writes_the_csv(model_folder, labell
     report = json.loads(stdout)
     assert report["images"] == 10 and report["errors"] == 1 and len(report["rows"]) == 10
     assert list(report["failed"]) == ["set/coffee/1b-broken.jpg"] and len(report["results"]) == 9
-    assert len(list(csv.reader(open(out)))) == 11
+    assert len(out.read_text().splitlines()) == 11
 
 
 def test_classify_data_and_a_positional_input_are_exclusive(model_folder, labelled_zip, capsys):
