@@ -184,7 +184,7 @@ def _is_junk(parts: Sequence[str]) -> bool:
 def _folder_entries(root: Path, skipped: dict[str, list[str]]) -> list[_Entry]:
     """Every file under ``root``, sorted; a file in a sub-folder belongs to the class of its first-level folder.
     Files that are not images are recognised by their first bytes and skipped."""
-    out = []
+    files = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
         parts = path.relative_to(root).parts
         name = str(root.name + "/" + "/".join(parts))
@@ -196,8 +196,16 @@ def _folder_entries(root: Path, skipped: dict[str, list[str]]) -> list[_Entry]:
         if peek_image(head) is None and not _looks_truncated_image(head):
             skipped.setdefault(NOT_AN_IMAGE, []).append(name)
             continue
-        out.append(_Entry(name, parts[0] if len(parts) > 1 else None, lambda p=path, n=name: _read_file(p, n)))
-    return out
+        files.append((path, parts, name))
+    depth = _class_depth([parts for _, parts, _ in files])
+    return [_Entry(name, parts[depth] if len(parts) > depth + 1 else None, lambda p=path, n=name: _read_file(p, n))
+            for path, parts, name in files]
+
+
+def _class_depth(paths: Sequence[Sequence[str]]) -> int:
+    """Where the class folders are: one folder wrapping them all ("pets/cats/1.jpg") is peeled off, as read_zip does."""
+    top = {parts[0] for parts in paths if len(parts) > 1}
+    return 1 if len(top) == 1 and any(len(parts) > 2 for parts in paths) else 0
 
 
 def _looks_truncated_image(head: bytes) -> bool:
@@ -228,8 +236,7 @@ def _zip_entries(source: Any, name: str, limits: ZipLimits, skipped: dict[str, l
             skipped.setdefault("junk", []).append(info.filename)
         else:
             files.append((info, parts))
-    top = {parts[0] for _, parts in files if len(parts) > 1}
-    depth = 1 if len(top) == 1 and any(len(parts) > 2 for _, parts in files) else 0
+    depth = _class_depth([parts for _, parts in files])
     budget = _Budget(limits.max_total_bytes, label)
 
     def reader(info: zipfile.ZipInfo) -> Callable[[], bytes]:

@@ -22,7 +22,7 @@ from resnet_hub.__main__ import main
 from resnet_hub.batch import NOT_SURE, BatchError, classify_batch
 from resnet_hub.errors import DataError
 from resnet_hub.evaluation import ClassMatch, evaluate
-from resnet_hub.image_stream import plan_stream, stream_images
+from resnet_hub.image_stream import NOT_AN_IMAGE, plan_stream, stream_images
 from resnet_hub.predict import Predictor
 from resnet_hub.set_comparison import compare_on_data
 
@@ -104,6 +104,15 @@ def test_a_zip_that_is_no_zip_or_a_missing_path_is_a_clear_error(tmp_path):
         plan_stream([fake])
     with pytest.raises(DataError, match="does not exist"):
         plan_stream([tmp_path / "nowhere"])
+
+
+def test_a_folder_of_class_folders_reads_as_its_zip_does(tmp_path, labelled_zip):
+    with zipfile.ZipFile(labelled_zip) as z:
+        z.extractall(tmp_path / "unzipped")
+    (tmp_path / "unzipped" / "set" / "README.txt").write_text("my test set")
+    plan = plan_stream([tmp_path / "unzipped"])
+    assert plan.folders == plan_stream([labelled_zip]).folders
+    assert plan.skipped[NOT_AN_IMAGE] == ["unzipped/set/README.txt"]
 
 
 def test_a_flat_zip_is_read_without_classes(tmp_path):
