@@ -241,11 +241,16 @@ def classify_batch(
     notes = [] if not tta or tta_applies(predictor) else [tta_refused(predictor)]
     rows: list[BatchRow] = []
     start = time.perf_counter()
-    for part in classify_chunks(predictor, plan, top_k=top_k, min_confidence=min_confidence, tta=tta, chunk=chunk,
-                                stop=stop):
-        rows += part.rows
-        if on_rows is not None:
-            on_rows(part.rows, len(rows), len(plan))
+    try:
+        for part in classify_chunks(predictor, plan, top_k=top_k, min_confidence=min_confidence, tta=tta,
+                                    chunk=chunk, stop=stop):
+            rows += part.rows
+            if on_rows is not None:
+                on_rows(part.rows, len(rows), len(plan))
+    except KeyboardInterrupt:  # Ctrl-C on the command line: a Stop, whose rows so far are kept
+        if csv is not None and rows:
+            write_csv(rows, csv)
+        raise
     result = BatchResult(predictor.name, f"{predictor.engine} {predictor.precision}", rows,
                          time.perf_counter() - start, plan.skipped, len(rows) < len(plan), notes)
     if csv is not None:

@@ -141,6 +141,18 @@ def test_the_csv_has_one_row_per_file_and_matches_single_image_classify(predicto
             assert [label for label, _ in batch_row.top_k] == single.labels
 
 
+def test_interrupted_on_the_command_line_the_rows_so_far_are_in_the_csv(predictor, labelled_zip, tmp_path):
+    out = tmp_path / "rows.csv"
+
+    def interrupt(rows, done, total):
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        classify_batch(predictor, labelled_zip, csv=out, chunk=4, on_rows=interrupt)
+    assert len(out.read_text().splitlines()) == 1 + 4
+
+
 def test_not_sure_rows_are_those_below_the_threshold(predictor, labelled_zip):
     answered = [r for r in classify_batch(predictor, labelled_zip).rows if r.answered]
     threshold = float(np.median([r.confidence for r in answered]))
