@@ -35,6 +35,7 @@ _LAZY = {
     "Preprocessing": "metadata", "WeightsInfo": "metadata",
     "HubResNet": "weights", "create": "weights", "load": "weights",
     "inspect": "inspection", "Inspection": "inspection",
+    "evaluate": "evaluation", "classify_batch": "batch", "compare_on_data": "set_comparison",
 }
 
 if TYPE_CHECKING:
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
     from .metadata import Preprocessing, WeightsInfo
     from .model import ARCHITECTURES, BasicBlock, Bottleneck, ResNet, ResNetConfig, UnknownArchitectureError
     from .weights import HubResNet, create, load
+    from .batch import classify_batch
+    from .evaluation import evaluate
+    from .set_comparison import compare_on_data
 
 
 def __getattr__(name: str) -> Any:

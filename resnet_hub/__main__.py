@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from . import batch_cli
 from .errors import ResNetHubError
 from .tables import print_table
 
@@ -43,15 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="top-k labels of one or more images",
                        description="Print the top-k labels of each image.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, GIF, BMP, TIFF)")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="image files (JPEG, PNG, WebP, GIF, BMP, TIFF), folders of them, or zips (flat or one folder "
+                        "per class); more than one image: a bad one is a row with its error")
     p.add_argument("--top-k", type=int, default=None,
                    help="labels to show per image (default: 5, or every class if the model has fewer)")
+    batch_cli.add_classify_batch_arguments(p)
     _add_common(p)
     p.set_defaults(run=_classify)
 
     p = sub.add_parser("compare", help="one image through several models, with timings",
                        description="Top-k of each model side by side, whether top-1 agrees, and timings.")
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("image", nargs="?", metavar="IMAGE",
+                   help="an image, or a labelled set (a zip or folder of class folders): then each model's accuracy, "
+                        "agreement, the images they disagree on and images/s")
+    p.add_argument("--data", default=None, metavar="PATH", help="the labelled set, instead of IMAGE")
+    batch_cli.add_tta(p)
     p.add_argument("--models", nargs="+", default=["resnet18", "resnet50"],
                    help="models to compare: anything --model of classify accepts (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=None,
@@ -91,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_bench_finetune)
 
     _add_finetune_parser(sub)
+    batch_cli.add_evaluate_parser(sub, _add_common).set_defaults(
+        run=lambda args: batch_cli.evaluate(args, lambda: _registry(args, [args.model])))
+    batch_cli.add_bench_batch_parser(sub, _add_common)
 
     p = sub.add_parser("starter", help="train and store the offline starter digit models",
                        description="Train ResNet-18 and ResNet-50 digit classifiers on the bundled MNIST sample "
@@ -179,9 +190,10 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
     from .data import MNIST_SAMPLE, load_dataset
     from .errors import DataError, PushError
     from .finetune import FinetuneConfig, finetune
-    from .hub import parse_repo_id
     from .cli_common import resolved_base
+    from .hub import parse_repo_id
     from .names import output_folder
+    from .trained_on import write_record
 
     out = output_folder(args.out)
     if out.exists() and not args.overwrite:
@@ -233,6 +245,7 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         print(f"{result.reason}: nothing saved", file=sys.stderr)
         return summary
     summary["out"] = str(result.save(out, overwrite=args.overwrite))
+    write_record(out, dataset, args.data, config.val_fraction, config.seed)  # what it saw, for evaluate
     if args.onnx:
         from .export import ExportError, export_onnx
 
@@ -335,30 +348,40 @@ def _decode_images(paths: Sequence[str]) -> list:
 
 
 def _classify(args: argparse.Namespace) -> dict[str, Any]:
-    pictures = _decode_images(args.images)
+    paths = batch_cli.inputs(args, "images")
+    if batch_cli.is_batch(paths, args):
+        return batch_cli.classify(args, paths, lambda: _registry(args, [args.model]))
+    from .batch import check_min_confidence
+
+    min_confidence = check_min_confidence(args.min_confidence)
+    pictures = _decode_images(paths)
     registry = _registry(args, [args.model])
     results, notes = {}, []
     predictor = registry.predictor(args.model)
     predictor._check_top_k(args.top_k)  # the app clamps its slider; a typed --top-k above the classes is refused
     _print_notes(predictor.notes, args)
-    for path, picture in zip(args.images, pictures):
+    for path, picture in zip(paths, pictures):
         answer = registry.classify(picture, args.model, args.top_k, heatmap=False, image_name=path)
         results[path] = answer.prediction.as_dict()
         if answer.note:
             notes.append(f"{path}: {answer.note}")
             print(f"note: {path}: {answer.note}", file=sys.stderr)
         if not args.json:
-            print(f"{path}:")
+            print(f"{path}:" + batch_cli.not_sure_text(answer.prediction.probabilities[0], min_confidence))
             for label, p in answer.prediction.as_dict().items():
                 print(f"  {p:7.2%}  {label}")
+    not_sure = [p for p, r in results.items() if batch_cli.not_sure_text(next(iter(r.values())), min_confidence)]
     return {"model": predictor.name, "device": str(predictor.device), "precision": predictor.precision,
-            "results": results, "notes": notes}
+            "results": results, "notes": notes, "not_sure": not_sure}
 
 
 def _compare(args: argparse.Namespace) -> dict[str, Any]:
-    (picture,) = _decode_images([args.image])
+    paths = batch_cli.inputs(args, "image")
+    if batch_cli.is_batch(paths, args):
+        return batch_cli.compare_set(args, paths, lambda: _registry(args, args.models))
+    (picture,) = _decode_images(paths)
     registry = _registry(args, args.models)
-    result = registry.compare(picture, args.models, args.top_k, runs=args.runs, image_name=args.image)
+    result = registry.compare(picture, args.models, args.top_k, runs=args.runs, image_name=paths[0])
     _print_notes(result.notes, args)
     if not args.json:
         for name, prediction in result.predictions.items():
@@ -428,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    batch_cli.check_given(args, parser)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the notes they carry are printed as "note: ..." lines

@@ -384,6 +384,11 @@ def _assemble(found: _Found, skipped: dict[str, list[str]], limits: ZipLimits, n
     return ImageDataset(images, targets, classes, name, skipped, kind, names)
 
 
+# Shared with the streaming reader (resnet_hub.image_stream): one set of safety checks for every zip read here.
+check_central_directory, read_member, peek_image = _check_central_directory, _read_member, _peek
+JUNK_FOLDERS, JUNK_FILES = _JUNK_FOLDERS, _JUNK_FILES
+
+
 def _skipped_text(skipped: dict[str, list[str]]) -> str:
     return "skipped " + ", ".join(f"{len(v)} {reason}" for reason, v in skipped.items())
 

@@ -31,7 +31,8 @@ from resnet_hub.ui.lab import lab_cached
 ARCHS = ["resnet18", "resnet50"]
 DIGIT_LABELS = {str(d) for d in range(10)}
 ENDPOINTS = {"/classify", "/compare", "/finetune", "/stop_finetune", "/cancel_finetune", "/finetune_mistakes", "/push",
-             "/why_residual", "/stop_why_residual"}
+             "/why_residual", "/stop_why_residual", "/classify_batch", "/classify_batch_stop",
+             "/classify_batch_mistakes", "/compare_set", "/compare_set_stop"}
 
 
 # --- inputs ----------------------------------------------------------------------------------

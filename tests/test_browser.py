@@ -698,3 +698,77 @@ def test_a_live_lab_run_whose_page_is_closed_stops_and_frees_the_training_slot(b
     while TRAINING.busy and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not TRAINING.busy  # 200 epochs would have held it for minutes
+
+
+# -- many images: a zip in Classify and in Compare ------------------------------------------------
+
+
+def digits_zip(path: Path, per_class: int = 4) -> Path:
+    """Real MNIST digits 0-2 in class folders named for the starters' classes, and a corrupt PNG among them."""
+    from resnet_hub.data import mnist_sample
+
+    sample = mnist_sample(limit_per_class=per_class)
+    with zipfile.ZipFile(path, "w") as archive:
+        for i, (image, target) in enumerate(zip(sample.images, sample.targets)):
+            if target <= 2:
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                archive.writestr(f"digits/{target}/{i:03d}.png", buffer.getvalue())
+        archive.writestr("digits/1/broken.png", b"\x89PNG\r\n\x1a\n cut short")
+    return path
+
+
+def open_section(page, accordion: str, upload: str, data: Path) -> None:
+    page.locator(f"{accordion} button").first.click()
+    page.locator(f"{upload} input[type=file]").set_input_files(str(data))
+    page.wait_for_function(f"() => !document.querySelector('{upload} input[type=file]')")
+
+
+def test_a_zip_in_classify_streams_a_table_a_verdict_and_a_csv_download(page, artifacts, running_app, tmp_path):
+    data = digits_zip(tmp_path / "digits.zip")
+    open_tab(page, "Classify")
+    assert "50 MB per file" in page.locator("#batch").inner_text()  # the upload limit, where the zip is asked for
+    open_section(page, "#batch", "#batch-files", data)
+    page.locator("#batch-run").click()
+    page.wait_for_function("() => (document.querySelector('#batch-progress')?.innerText ?? '').includes('Done')",
+                           timeout=TRAIN_TIMEOUT_MS)
+    page.wait_for_function(f"() => document.querySelectorAll('#batch-table {BODY_ROWS}').length === 13")
+    shoot(page, artifacts, "tab-classify-batch-done")
+    rows = page.locator("#batch-table").evaluate(READ_TABLE)
+    assert len(rows) == 13 and "13 of 13 images answered" in page.locator("#batch-progress").inner_text()
+    broken = [r for r in rows if r[0] == "digits/1/broken.png"]
+    assert len(broken) == 1 and broken[0][-1] and not broken[0][2]  # its own row, with its error and no answer
+    assert all(r[2] in "0123456789" and r[2] for r in rows if r[0] != "digits/1/broken.png")
+    verdict = page.locator("#batch-verdict").inner_text()
+    assert "Accuracy" in verdict and "3 folders name a class: 0, 1, 2" in verdict
+    page.wait_for_function(f"() => document.querySelectorAll('#batch-confusion {BODY_ROWS}').length >= 3")
+    link = page.locator("#batch-download a").first
+    text = page.request.get(link.get_attribute("href")).text()
+    assert text.splitlines()[0] == "file,folder,top-1,confidence,top-k,error" and len(text.splitlines()) == 14
+
+
+def test_a_labelled_zip_in_compare_draws_each_model_at_its_accuracy_and_time(page, artifacts, tmp_path):
+    data = digits_zip(tmp_path / "digits.zip")
+    open_tab(page, "Compare")
+    assert "50 MB per file" in page.locator("#compare-set").inner_text()
+    open_section(page, "#compare-set", "#compare-set-files", data)
+    page.locator("#compare-set-run").click()
+    page.wait_for_function("() => (document.querySelector('#compare-set-progress')?.innerText ?? '').includes('Done')",
+                           timeout=TRAIN_TIMEOUT_MS)
+    page.locator("#compare-set-chart svg .mark-symbol.role-mark path").first.wait_for()
+    shoot(page, artifacts, "tab-compare-set-done")
+    rows = page.locator("#compare-set-table").evaluate(READ_TABLE)
+    assert [r[0] for r in rows] == ["ResNet-18 (starter digits)", "ResNet-50 (starter digits)"]
+    summary = page.locator("#compare-set-summary").inner_text()
+    assert "agree on" in summary and "images/s" in summary
+    points = page.locator("#compare-set-chart svg .mark-symbol.role-mark path").evaluate_all(
+        "ps => ps.map(p => ({x: (p.getBoundingClientRect().left + p.getBoundingClientRect().right) / 2,"
+        " y: (p.getBoundingClientRect().top + p.getBoundingClientRect().bottom) / 2}))")
+    assert len(points) == 2
+    chart = axes(page, "#compare-set-chart")
+    accuracies = sorted(float(r[1]) for r in rows)
+    drawn = sorted(value_at(chart["y"], p["y"]) for p in points)
+    assert drawn == pytest.approx(accuracies, abs=0.03)
+    times = sorted(float(r[4]) for r in rows)  # each point at its model's ms per image, too
+    span = times[-1] - times[0] or 1.0
+    assert sorted(value_at(chart["x"], p["x"]) for p in points) == pytest.approx(times, abs=0.05 * span + 0.1)

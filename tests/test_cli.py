@@ -24,7 +24,7 @@ from .conftest import ARCHS, randomize_batchnorm
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = [f"class {i}" for i in range(10)]
-COMMANDS = ["classify", "compare", "bench", "finetune", "starter", "why-residual"]
+COMMANDS = ["classify", "compare", "bench", "finetune", "starter", "why-residual", "evaluate", "bench-batch"]
 
 
 def run_in_process(capsys, *argv: object) -> tuple[int, str, str]:
@@ -75,8 +75,12 @@ def test_python_m_resnet_hub_help_lists_every_command():
 @pytest.mark.parametrize(
     "command, flags",
     [
-        ("classify", ["IMAGE", "--model", "--top-k", "--device", "--precision", "--engine", "--compile", "--json"]),
-        ("compare", ["IMAGE", "--models", "--top-k", "--runs", "--device", "--precision", "--engine", "--json"]),
+        ("classify", ["IMAGE", "--model", "--top-k", "--device", "--precision", "--engine", "--compile", "--json",
+                      "--data", "--csv", "--min-confidence", "--tta"]),
+        ("compare", ["IMAGE", "--models", "--top-k", "--runs", "--device", "--precision", "--engine", "--json",
+                     "--data", "--tta"]),
+        ("evaluate", ["MODEL", "DATA", "--top-k", "--tta", "--csv", "--device", "--json"]),
+        ("bench-batch", ["--models", "--images", "--batch-size", "--runs", "--device", "--json"]),
         ("bench", ["--models", "--batch-size", "--runs", "--variants", "--device", "--engine", "--json"]),
         ("finetune", ["--data", "--base", "--out", "--overwrite", "--epochs", "--lr", "--batch-size", "--freeze",
                       "--image-size", "--push-to", "--device", "--precision", "--json"]),

@@ -25,6 +25,7 @@ from ..hub import access
 from ..owners import Visitor
 from ..results import ValidationResults, mistake_thumbnails
 from ..store import model_folder
+from ..trained_on import write_record
 from ..training_slot import TRAINING, Ticket, TrainingSlot, lower_this_threads_priority
 from .background import EXITING, background_conversion, start_preparer
 from .registry import LOCAL, ModelRegistry, own_input_size
@@ -63,6 +64,7 @@ class Job(OwnedJob):
     dataset: ImageDataset | None = None
     result: FinetuneResult | None = None
     folder: Path | None = None
+    data: str = ""  # the zip (or "mnist-sample") it reads: trained_on.json records its images
 
 
 MAX_REVIEWS = 16  # finished runs whose misclassified images can still be looked at
@@ -125,6 +127,7 @@ class FinetuneJobs:
                 self._saving_to.add(job.folder)
             job.dataset = (data if isinstance(data, ImageDataset) else mnist_sample() if str(data) == "mnist-sample"
                            else read_zip(data))
+            job.data = str(data) if not isinstance(data, ImageDataset) else ""
             if not config.base.startswith("scratch:"):
                 config.base = self.registry.base_source(config.base, visitor=visitor)
             if config.image_size is None:
@@ -177,6 +180,7 @@ class FinetuneJobs:
             if job.result.model is not None:  # finished, or stopped with what it had learned
                 job.result.model.info.training["name"] = job.folder.name
                 job.result.save(job.folder, overwrite=False)
+                write_record(job.folder, job.dataset, job.data, job.config.val_fraction, job.config.seed)
                 self._keep_review(job)
                 self._prepare_frozen_part(job)
         except ResNetHubError as e:

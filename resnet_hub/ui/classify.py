@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..batch import NOT_SURE
 from ..errors import ResNetHubError
+from .batches import build_batch_section
 from .common import (
     CLASSIFY_CONCURRENCY,
     PageParts,
@@ -28,15 +30,19 @@ def build_classify_tab(ctx: AppContext, visitor_state: gr.State, parts: PagePart
                 sketch = checked_sketchpad(label="…or draw a digit", canvas_size=(280, 280))
                 model = model_chooser(parts, "Model (or type a Hub repo id: org/name)", "resnet50", elem_id="classify-model")
                 top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k")
+                threshold = gr.Slider(0, 1, value=0, step=0.05, elem_id="classify-not-sure",
+                                      label="Not sure below this confidence (0: off): the answer is 'not sure', "
+                                            "with the top guesses shown")
                 go = gr.Button("Classify", variant="primary")
             with gr.Column():
                 labels = gr.Label(label="Top classes", elem_id="classify-label")
                 timing = gr.Markdown(elem_id="classify-info")
                 heatmap = gr.Image(label="Where the model looked (grad-CAM for the top class)", type="pil")
         add_examples(image, parts)
+        build_batch_section(ctx, visitor_state, model, top_k, threshold)
 
         @gpu
-        def classify(image, sketch, model_choice, top_k, browser_id=None, request: gr.Request = None,
+        def classify(image, sketch, model_choice, top_k, browser_id=None, not_sure_below=0.0, request: gr.Request = None,
                      profile: gr.OAuthProfile | None = None, oauth_token: gr.OAuthToken | None = None,
                      progress=gr.Progress()):
             try:
@@ -46,10 +52,13 @@ def build_classify_tab(ctx: AppContext, visitor_state: gr.State, parts: PagePart
             except ResNetHubError as e:
                 raise user_error(e) from None
             info = with_input_note(f"**{result.model}** · {result.latency_ms:.1f} ms for this call", result.note)
+            if not_sure_below and result.prediction.probabilities[0] < not_sure_below:
+                info = (f"**{NOT_SURE}**: the top guess has {result.prediction.probabilities[0]:.0%}, below "
+                        f"{not_sure_below:.0%}; the top guesses are shown.\n\n{info}")
             return result.prediction.as_dict(), info, cached_picture(visible(result.heatmap), heatmap.GRADIO_CACHE)
 
         # An answer that fails leaves no earlier answer behind its error: the outputs are cleared first.
         go.click(lambda: (None, "", None), None, [labels, timing, heatmap], api_name=False, queue=False,
                  show_progress="hidden"
-                 ).then(classify, [image, sketch, model, top_k, visitor_state], [labels, timing, heatmap],
+                 ).then(classify, [image, sketch, model, top_k, visitor_state, threshold], [labels, timing, heatmap],
                         api_name="classify", concurrency_limit=CLASSIFY_CONCURRENCY, concurrency_id="inference")

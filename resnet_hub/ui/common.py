@@ -24,6 +24,7 @@ except ImportError:
         return fn if fn is not None else (lambda f: f)
 
 
+MAX_FILE_SIZE = "50mb"  # per uploaded file (launch's max_file_size): said wherever a zip is asked for
 CLASSIFY_CONCURRENCY = 16  # concurrent classify requests share forward passes (Predictor.forward_batched)
 HEATMAP_MIN_SIDE = 224  # px, as shown
 MAX_FILE_SIZE = "50mb"  # an upload, as Gradio reads it; said where a zip is asked for

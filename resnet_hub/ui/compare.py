@@ -9,6 +9,7 @@ from ..services.registry import COMPARE_RUNS
 from .charts import LATENCY_STATS, latency_frame, timings_frame
 from .common import CLASSIFY_CONCURRENCY, PageParts, add_examples, gpu, image_from, model_chooser, starter_progress
 from .common import with_input_note
+from .batches import build_compare_set_section
 from .context import AppContext
 from .workarounds import checked_sketchpad, uploaded_image, user_error
 
@@ -49,6 +50,7 @@ def build_compare_tab(ctx: AppContext, visitor_state: gr.State, parts: PageParts
             title=f"Latency per image (ms): p10, median and p90 of {COMPARE_RUNS} runs", x_title="model A / B, statistic",
             y_title="ms", elem_id="compare-chart", height=300)
         add_examples(image, parts)
+        build_compare_set_section(ctx, visitor_state, model_a, model_b)
 
         @gpu
         def compare(image, sketch, model_a, model_b, browser_id=None, request: gr.Request = None,

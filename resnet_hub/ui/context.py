@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from .. import atomic
 from ..owners import Visitor, multi_user, new_browser_id, retention_hours
 from ..services.inspections import Inspections
+from ..services.batches import BatchJobs
 from ..services.jobs import IMAGE_SIZE, FinetuneJobs
 from ..services.lab_runs import LabRuns
 from ..services.registry import ModelRegistry
@@ -45,6 +46,7 @@ class AppContext:
     lab: LabRuns = field(default_factory=LabRuns)
     jobs: FinetuneJobs = field(init=False)  # fine-tunes on the registry's models
     inspections: Inspections = field(init=False)  # data inspections before a fine-tune
+    batches: BatchJobs = field(init=False)  # batch classification and comparison on a set
     browser_secret: str = field(init=False)
     _secret_unsaved: bool = field(init=False)  # a new secret, written by start()
     _started: bool = field(init=False, default=False)
@@ -53,6 +55,7 @@ class AppContext:
     def __post_init__(self) -> None:
         self.jobs = FinetuneJobs(self.registry, prepare_frozen_parts=True)
         self.inspections = Inspections(self.registry)
+        self.batches = BatchJobs(self.registry)
         self.browser_secret, self._secret_unsaved = _browser_state_secret()
 
     def start(self) -> None:
@@ -81,6 +84,7 @@ class AppContext:
         self.jobs.close()
         self.lab.close()
         self.inspections.close()
+        self.batches.close()
 
     def visitor_of(self, browser_id=None, request=None, profile=None, oauth_token=None) -> Visitor:
         """Who is asking: the local user, or a Space visitor (their login, else this browser, else this API
