@@ -51,11 +51,17 @@ def captions(page) -> list[str]:
 
 def decide(page, position: int, button: str, expected_changes: str) -> None:
     name = captions(page)[position].rsplit(": ", 1)[-1]  # the caption ends with the image's name in the zip
+    assert name.endswith(".png"), captions(page)
     thumbnails(page).nth(position).click()
-    page.wait_for_function("(name) => (document.querySelector('#inspect-chosen')?.innerText ?? '').includes(name)",
-                           arg=name)
-    page.locator(button).click()
-    page.wait_for_function(f"() => (document.querySelector('#inspect-changes')?.innerText ?? '').includes('{expected_changes}')")
+    try:
+        page.wait_for_function("(name) => (document.querySelector('#inspect-chosen')?.innerText ?? '').includes(name)",
+                               arg=name)
+        page.locator(button).click()
+        page.wait_for_function("(text) => (document.querySelector('#inspect-changes')?.innerText ?? '').includes(text)",
+                               arg=expected_changes)
+    except Exception:
+        page.screenshot(path=str(Path("test-artifacts") / f"inspect-decide-{position}-failed.png"), full_page=True)
+        raise
 
 
 def test_the_panel_flags_wrong_labels_and_copies_and_the_fixed_set_trains_with_its_counts_in_the_card(
@@ -101,11 +107,12 @@ def test_the_panel_flags_wrong_labels_and_copies_and_the_fixed_set_trains_with_i
     page.wait_for_function("() => (document.querySelector('#finetune-status')?.innerText ?? '').includes('Saved as')",
                            timeout=TRAIN_TIMEOUT_MS)
     status = page.locator("#finetune-status").inner_text()
-    assert "fixed: 2 images dropped, 1 labels moved" in status and "40 images in 3 classes" in status
+    assert "Trained on the fixed set: 2 images dropped, 1 labels moved." in status
     href = page.locator("#finetune-download a").first.get_attribute("href")
     archive = zipfile.ZipFile(io.BytesIO(page.request.get(href).body()))
     card = next(archive.read(n).decode() for n in archive.namelist() if n.endswith("README.md"))
     assert "**Fixed before training**" in card and "2 images dropped, 1 labels moved" in card
+    assert "40 images in 3 classes" in card  # what it trained on: 42 read, 2 dropped
     assert "wrong-0" not in card  # counts, never the visitor's file names
     shoot(page, artifacts, "inspect-trained-on-fixed")
 

@@ -11,13 +11,13 @@ import pandas as pd
 from ..batch import CSV_HEADERS
 from ..errors import ResNetHubError
 from .charts import CONFUSION_CORNER, PER_CLASS_HEADERS, confusion_table, confusion_widths
-from .common import MAX_FILE_SIZE
+from .common import UPLOAD_LIMIT
 from .context import AppContext
 from .finetune import ANY_CLASS, mistakes_shown, per_class_table
 from .workarounds import user_error
 
 MAX_TABLE_ROWS = 1000  # rows drawn on the page; the CSV holds them all
-UPLOAD_NOTE = f"up to {MAX_FILE_SIZE.upper().replace('MB', ' MB')} per file"
+UPLOAD_NOTE = f"up to {UPLOAD_LIMIT} per file"
 BATCH_CONCURRENCY = 4  # page connections following a batch; the batches themselves run one at a time
 
 

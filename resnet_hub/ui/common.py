@@ -27,8 +27,7 @@ except ImportError:
 MAX_FILE_SIZE = "50mb"  # per uploaded file (launch's max_file_size): said wherever a zip is asked for
 CLASSIFY_CONCURRENCY = 16  # concurrent classify requests share forward passes (Predictor.forward_batched)
 HEATMAP_MIN_SIDE = 224  # px, as shown
-MAX_FILE_SIZE = "50mb"  # an upload, as Gradio reads it; said where a zip is asked for
-UPLOAD_LIMIT = "50 MB"
+UPLOAD_LIMIT = MAX_FILE_SIZE.upper().replace("MB", " MB")  # as a page says it
 # Before the page loads (and the Hub check says which weights serve), the choosers name the architectures only.
 PLAIN_CHOICES = [(DISPLAY[a], a) for a in ("resnet18", "resnet50")]
 PHOTO_LABEL = "Examples: real photos (scikit-image)"

@@ -247,7 +247,8 @@ def build_finetune_tab(ctx: AppContext, visitor_state: gr.State, parts: PagePart
             notes = "".join(f"\n\n_{n}_" for n in result.model.info.notes)
             files, export_note = model_downloads(job.folder)
             # job.id stays in the page's state: the results view below reads this run's mistakes by it.
-            yield {job_id: job.id, status: finished_text(job, history) + notes + f"\n\n_{export_note}_",
+            fixed = f"\n\nTrained on the fixed set: {fixes}." if fixes else ""
+            yield {job_id: job.id, status: finished_text(job, history) + fixed + notes + f"\n\n_{export_note}_",
                    loss_plot: loss_curve(history), accuracy_plot: accuracy_curves(history),
                    confusion: gr.Dataframe(confusion_table(result.confusion_matrix, result.model.labels),
                                            column_widths=confusion_widths(result.model.labels)),

@@ -82,8 +82,10 @@ def build_inspect_panel(ctx: AppContext, visitor_state: gr.State, data_zip: gr.F
             kind = gr.Radio(list(FINDINGS), value=LABEL_ISSUES, label="Show", elem_id="inspect-kind")
             page = gr.Number(value=1, precision=0, minimum=1, label="Page", elem_id="inspect-page")
         caption = gr.Markdown(elem_id="inspect-caption")
-        gallery = gr.Gallery(columns=6, height="auto", preview=False, object_fit="scale-down", show_label=False,
-                             elem_id="inspect-gallery")
+        # No preview: a click chooses the image for Keep, Drop or Move (a preview would hide the other captions).
+        # fit_columns=False: two copies would otherwise fill the width, each taller than the screen, its caption cut.
+        gallery = gr.Gallery(columns=6, height="auto", preview=False, allow_preview=False, fit_columns=False,
+                             object_fit="scale-down", show_label=False, elem_id="inspect-gallery")
         with gr.Row():
             chosen = gr.Markdown("_Click an image above to choose what happens to it._", elem_id="inspect-chosen")
             keep_btn = gr.Button("Keep", size="sm", elem_id="inspect-keep")
