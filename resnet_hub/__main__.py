@@ -331,7 +331,7 @@ def _registry(args: argparse.Namespace, choices: Sequence[str]):
     from .services.registry import ModelRegistry
 
     registry = ModelRegistry(args.device, args.precision, check_hub=False, compile=args.compile, allow_paths=True,
-                             engine=args.engine)
+                             engine=args.engine, background_choice=False)
     for choice in dict.fromkeys(choices):
         note = registry.starter_note(choice)
         if note:

@@ -24,6 +24,7 @@ from ..frozen import prepare_base, prepare_frozen_part
 from ..hub import access
 from ..owners import Visitor
 from ..results import ValidationResults, mistake_thumbnails
+from ..serving import choose_ahead
 from ..store import model_folder
 from ..training_slot import TRAINING, Ticket, TrainingSlot, lower_this_threads_priority
 from .background import EXITING, background_conversion, start_preparer
@@ -176,6 +177,8 @@ class FinetuneJobs:
                 job.result.save(job.folder, overwrite=False)
                 self._keep_review(job)
                 self._prepare_frozen_part(job)
+                if self.registry.background_choice and self.registry.precision == "auto":  # its first answer is quick
+                    choose_ahead(str(job.folder), self.registry.device, self.registry.engine)
         except ResNetHubError as e:
             job.error = str(e)
         except Exception as e:  # noqa: BLE001 - the UI must hear about any failure, and the app keeps serving

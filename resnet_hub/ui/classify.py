@@ -45,7 +45,9 @@ def build_classify_tab(ctx: AppContext, visitor_state: gr.State, parts: PagePart
                                                visitor=ctx.visitor_of(browser_id, request, profile, oauth_token))
             except ResNetHubError as e:
                 raise user_error(e) from None
-            info = with_input_note(f"**{result.model}** · {result.latency_ms:.1f} ms for this call", result.note)
+            info = with_input_note(f"**{result.model}** · {result.latency_ms:.1f} ms for this call · engine: "
+                                   f"{result.engine}" + (f" ({result.engine_note})" if result.engine_note else ""),
+                                   result.note)
             return result.prediction.as_dict(), info, cached_picture(visible(result.heatmap), heatmap.GRADIO_CACHE)
 
         # An answer that fails leaves no earlier answer behind its error: the outputs are cleared first.

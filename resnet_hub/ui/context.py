@@ -77,6 +77,7 @@ class AppContext:
         """Prepare nothing more and end the lab's runs: an app closed in a process that goes on (a test's)."""
         self.jobs.close()
         self.lab.close()
+        self.registry.close()
 
     def visitor_of(self, browser_id=None, request=None, profile=None, oauth_token=None) -> Visitor:
         """Who is asking: the local user, or a Space visitor (their login, else this browser, else this API
