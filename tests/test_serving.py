@@ -1,0 +1,75 @@
+"""The first answer comes at once: a model never served here answers on the plain torch path while its engine is
+chosen in the background, and later answers come from the engine chosen."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from resnet_hub.examples import check_images
+from resnet_hub.predict import Predictor
+from resnet_hub.serving import BACKGROUND_CHOICES, PendingChoice
+from resnet_hub.weights import create
+
+
+def small_resnet():
+    torch.manual_seed(0)
+    model = create("resnet18", num_classes=3, labels=["a", "b", "c"]).eval()
+    model.info.preprocessing = type(model.info.preprocessing)(input_size=32, crop_pct=1.0)
+    return model
+
+
+@pytest.fixture
+def held_worker():
+    """The background worker kept busy until the test lets it go: the first answer is then surely before the choice."""
+    release = threading.Event()
+    BACKGROUND_CHOICES.submit(lambda: release.wait(60), "a test's blocker")
+    yield release
+    release.set()
+
+
+def test_the_first_answer_comes_from_torch_and_later_ones_from_the_engine_chosen(tmp_path, held_worker):
+    empty_cache = tmp_path / "engine-cache"
+    picture = check_images("photo", 1)[0][0]
+    predictor = Predictor(small_resnet(), "cpu", cache_dir=empty_cache, background=True)
+    first = predictor.classify(picture)
+    assert first.engine == "torch fp32"
+    assert predictor.choosing and isinstance(predictor.engine_choice, PendingChoice)
+    assert "being chosen in the background" in predictor.engine_choice.summary()
+    held_worker.set()
+    assert predictor.wait_for_engine(timeout=300)
+    choice = predictor.engine_choice
+    assert not isinstance(choice, PendingChoice) and choice.candidates  # made: every candidate checked and timed
+    assert any(c.b1_ms is not None for c in choice.candidates)
+    later = predictor.classify(picture)
+    assert later.engine == choice.chosen == predictor.engine_name
+    assert later.class_ids[0] == first.class_ids[0]
+    assert any(empty_cache.glob("choice-*.json"))  # the choice is kept for the next start
+
+
+def test_without_background_the_choice_is_made_before_the_first_answer(tmp_path):
+    predictor = Predictor(small_resnet(), "cpu", cache_dir=tmp_path)
+    assert not predictor.choosing and predictor.engine_choice.candidates
+    assert predictor.classify(check_images("photo", 1)[0][0]).engine == predictor.engine_choice.chosen
+
+
+def test_a_named_precision_is_built_at_once_even_in_background_mode(tmp_path):
+    predictor = Predictor(small_resnet(), "cpu", "fp32", engine="torch", cache_dir=tmp_path, background=True)
+    assert not predictor.choosing and predictor.engine_choice.forced
+
+
+def test_the_registry_says_which_engine_answered_while_the_choice_is_made(tmp_path, held_worker, monkeypatch):
+    from resnet_hub.services.registry import ModelRegistry
+
+    monkeypatch.setenv("RESNET_HUB_ENGINE_CACHE", str(tmp_path / "engine-cache"))
+    small_resnet().save_pretrained(tmp_path / "m")
+    registry = ModelRegistry(check_hub=False, allow_paths=True, device="cpu")
+    answer = registry.classify(check_images("photo", 1)[0][0], str(tmp_path / "m"), heatmap=False)
+    assert answer.engine == "torch fp32"
+    assert "chosen in the background" in answer.engine_note
+    held_worker.set()
+    registry.predictor(str(tmp_path / "m")).wait_for_engine(timeout=300)
+    again = registry.classify(check_images("photo", 1)[0][0], str(tmp_path / "m"), heatmap=False)
+    assert again.engine == registry.predictor(str(tmp_path / "m")).engine_choice.chosen and again.engine_note == ""
