@@ -240,6 +240,7 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
     summary["stopped_at"] = result.stopped_at
     summary.update(result.results.to_dict())  # confusion matrix, per-class metrics, misclassified images
     summary["metrics"] = result.model.info.metrics
+    summary["calibration"] = result.calibration.to_dict() if result.calibration else None
     summary["hyperparameters"] = result.model.info.training["hyperparameters"]
     if args.push_to:
         summary["pushed"] = result.model.push_to_hub(args.push_to, token=token)
@@ -249,9 +250,28 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         print(f"{stopped}validation accuracy {result.val_accuracy:.2%} on {dataset.name}; saved to {out}")
         for note in result.model.info.notes:
             print(f"note: {note}")
+        _print_calibration(result.calibration)
         if args.push_to:
             print(f"pushed: {summary['pushed']}")
     return summary
+
+
+def _print_calibration(calibration) -> None:
+    """Both calibration errors, the reliability per bin, and the images answered at each "not sure" threshold."""
+    if calibration is None:
+        return
+    print(f"confidence: {calibration.describe()}")
+    bins = [{"confidence bin": f"{b['low']:.2f}-{b['high']:.2f}", "images": b["count"],
+             "mean confidence before": b["confidence"], "accuracy before": b["accuracy"],
+             **({"images after": a["count"], "mean confidence after": a["confidence"], "accuracy after": a["accuracy"]}
+                if calibration.fitted else {})}
+            for b, a in zip(calibration.reliability_before, calibration.reliability_after or calibration.reliability_before)
+            if b["count"] or (calibration.fitted and a["count"])]
+    print("reliability (validation):")
+    print_table([{k: "-" if v is None else v for k, v in row.items()} for row in bins])
+    print("answered at each confidence threshold (validation; below it: not sure):")
+    print_table([{"confidence at least": r["threshold"], "answered": f"{r['answered']:.1%}", "images": r["images"],
+                  "accuracy": "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"} for r in calibration.thresholds])
 
 
 class _StarterBar:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..calibration import Calibration
 from ..data import ImageDataset, mnist_sample, read_zip
 from ..errors import ResNetHubError, ServiceError
 from ..finetune import Event, FinetuneConfig, FinetuneResult, finetune
@@ -76,6 +77,7 @@ class RunReview:
     visitor: Visitor
     results: ValidationResults
     thumbnails: dict[int, Image.Image]
+    calibration: Calibration | None = None  # its confidence's temperature and calibration errors
 
     def mistakes(self, true: str | None = None, predicted: str | None = None) -> list[tuple[Image.Image, str]]:
         """(image, caption) of the misclassified validation images of one confusion-matrix cell (None: any
@@ -281,7 +283,8 @@ class FinetuneJobs:
         return True
 
     def _keep_review(self, job: Job) -> None:
-        review = RunReview(job.visitor, job.result.results, mistake_thumbnails(job.dataset, job.result.results))
+        review = RunReview(job.visitor, job.result.results, mistake_thumbnails(job.dataset, job.result.results),
+                           job.result.calibration)
         with self._lock:
             self._reviews[job.id] = review
             while len(self._reviews) > MAX_REVIEWS:
