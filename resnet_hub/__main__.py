@@ -90,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(run=_bench_finetune)
 
+    p = sub.add_parser("bench-first-answer", help="the first answer of a model never served here, empty engine cache",
+                       description="Time to the first answer of a model never served here (an empty engine cache): "
+                                   "the plain torch path answering while the engine is chosen in the background, "
+                                   "against choosing it before the first answer; and the warm median of each.")
+    p.add_argument("model", metavar="MODEL", help="a saved model: folder, store name or Hub id, e.g. one saved with "
+                                                  "`finetune --base scratch:resnet50 --image-size 224`")
+    p.add_argument("--runs", type=int, default=20, help="warm runs per median (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(run=_bench_first_answer)
+
     _add_finetune_parser(sub)
 
     p = sub.add_parser("starter", help="train and store the offline starter digit models",
@@ -442,6 +453,19 @@ def _bench_finetune(args: argparse.Namespace) -> dict[str, Any]:
                                 freezes=tuple(args.freezes), precision=args.precision, device=args.device,
                                 wall_arch=None if args.wall_arch == "none" else args.wall_arch,
                                 log=None if args.json else print)
+    if not args.json:
+        print_table(report["rows"])
+        for note in report["notes"]:
+            print(f"note: {note}")
+    return report
+
+
+def _bench_first_answer(args: argparse.Namespace) -> dict[str, Any]:
+    from .bench_first_answer import run_first_answer_bench
+    from .names import model_source
+
+    report = run_first_answer_bench(model_source(args.model, allow_paths=True), runs=args.runs, device=args.device,
+                                    log=None if args.json else print)
     if not args.json:
         print_table(report["rows"])
         for note in report["notes"]:

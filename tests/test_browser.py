@@ -698,3 +698,43 @@ def test_a_live_lab_run_whose_page_is_closed_stops_and_frees_the_training_slot(b
     while TRAINING.busy and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not TRAINING.busy  # 200 epochs would have held it for minutes
+
+
+def half_noise_zip(path: Path, per_class: int = 100) -> Path:
+    """Reddish and bluish squares, a third of each folder grey noise: answers from sure to coin-toss, so the
+    reliability diagram has bins across the range (and 40 validation images, enough to fit a temperature)."""
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    with zipfile.ZipFile(path, "w") as z:
+        for name, colour in {"red": (220, 30, 30), "blue": (30, 30, 220)}.items():
+            for i in range(per_class):
+                pixels = (rng.integers(60, 200, (32, 32, 3)) if i % 3 == 0 else
+                          np.clip(np.array(colour) + rng.integers(-40, 40, (32, 32, 3)), 0, 255))
+                buffer = io.BytesIO()
+                Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+                z.writestr(f"{name}/{i:03d}.png", buffer.getvalue())
+    return path
+
+
+def test_the_finetune_results_draw_the_reliability_diagram_and_the_not_sure_thresholds(page, artifacts, tmp_path):
+    from resnet_hub.ui.charts import RELIABILITY_SERIES
+
+    train_in_the_browser(page, artifacts, half_noise_zip(tmp_path / "half-noise.zip"), epochs=1)
+    page.wait_for_function("() => /before, [\\d.]+ after/.test("
+                           "document.querySelector('#finetune-calibration')?.innerText ?? '')", timeout=TIMEOUT_MS)
+    text = page.locator("#finetune-calibration").inner_text()
+    before, after = map(float, re.search(r"([\d.]+) before, ([\d.]+) after", text).groups())
+    assert 0 <= before <= 1 and 0 <= after <= 1 and "temperature" in text, text
+    page.wait_for_function("() => document.querySelectorAll('#reliability-plot svg .mark-line path').length >= 3",
+                           timeout=TIMEOUT_MS)
+    assert legend_entries(page, "#reliability-plot") == list(RELIABILITY_SERIES)
+    lines = [line for line in drawn_lines(page, "#reliability-plot") if line["stroke"] not in ("", "none")]
+    # the diagonal, and at least one of before/after across two bins or more
+    assert len(lines) >= 2 and all(line["points"] >= 2 for line in lines[:1]), lines
+    x_ticks = labels(axes(page, "#reliability-plot")["x"])
+    assert x_ticks[0] in ("0", "0.0") and x_ticks[-1] in ("1", "1.0"), x_ticks
+    rows = page.locator("#finetune-thresholds").evaluate(READ_TABLE)
+    assert [r[0] for r in rows] == ["0.50", "0.60", "0.70", "0.80", "0.90", "0.95"], rows
+    assert all(re.fullmatch(r"[\d.]+% \(\d+\)", r[1]) for r in rows), rows
+    shoot(page, artifacts, "tab-fine-tune-calibration")
