@@ -12,7 +12,6 @@ one engine or the other, never on a half-switched one, and its answer says which
 
 from __future__ import annotations
 
-import atexit
 import copy
 import logging
 import queue
@@ -83,7 +82,7 @@ def plain_engine(model: HubResNet, device: torch.device, fold: bool = True):
 
 
 def build_engine(model: HubResNet, device: torch.device, engine: str, precision: str, *, calibration: Tensor | None,
-                 cache_dir: str | None, fold: bool, compile: bool, extra: dict | None):
+                 cache_dir: str | None, fold: bool, compile: bool, extra: dict | None, stop=None):
     """(engine, EngineChoice, notes): with ``precision="auto"`` the fastest that passes its check against fp32
     (:func:`resnet_hub.engines.choose`), else the one named (torch when it cannot run here, saying why)."""
     cache = Path(cache_dir) if cache_dir else None
@@ -99,7 +98,7 @@ def build_engine(model: HubResNet, device: torch.device, engine: str, precision:
             built, choice = _engines.choose(model, device, engine=engine, calibration=calibration,
                                             check_images=check_images, trained=has_trained_weights(model),
                                             check_set=what, cache_dir=cache, weights_key=key, fold=fold,
-                                            compile=compile, extra=extra)
+                                            compile=compile, extra=extra, stop=stop)
             return built, choice, notes
         except EngineError as e:
             notes.append(f"{e}; running torch fp32")
@@ -140,7 +139,8 @@ class BackgroundChoices:
             self._pending += 1
             if self._worker is None:
                 self._worker = threading.Thread(target=self._run, name="resnet-hub-engine-choice", daemon=True)
-                atexit.register(self.stop)
+                # Before concurrent.futures' own exit hook: a choice under way still has the decoding pool then.
+                threading._register_atexit(self.stop)  # noqa: SLF001 - the hook that runs before the pools stop
                 self._worker.start()
         self._queue.put((work, what))
 
@@ -196,10 +196,15 @@ def choose_later(predictor, *, engine: str, calibration: Tensor | None, fold: bo
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # what a warning would say goes into the predictor's notes
                 built, choice, notes = build_engine(p.model, p.device, engine, "auto", calibration=calibration,
-                                                    cache_dir=p.cache_dir, fold=fold, compile=compile, extra=extra)
+                                                    cache_dir=p.cache_dir, fold=fold, compile=compile, extra=extra,
+                                                    stop=choices.stopping)
         except Exception as e:  # noqa: BLE001 - the plain path keeps serving; the reason is kept
             p._switch(None, None, [f"the engine choice failed ({type(e).__name__}: {e}): torch fp32 serves"])
+            if choices.stopping.is_set():
+                return  # the process is exiting: not a failure
             raise
+        if choices.stopping.is_set() and choice is not None and not choice.candidates:
+            return  # stopped: a fallback, not a choice
         p._switch(built, choice, notes)
 
     choices.submit(work, predictor.name)
@@ -220,6 +225,6 @@ def choose_ahead(source: str, device: str | torch.device = "auto", engine: str =
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             build_engine(model, dev, engine, "auto", calibration=None, cache_dir=str(default_cache_dir()), fold=True,
-                         compile=False, extra=None)
+                         compile=False, extra=None, stop=choices.stopping)
 
     choices.submit(work, str(source))
