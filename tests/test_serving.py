@@ -73,3 +73,17 @@ def test_the_registry_says_which_engine_answered_while_the_choice_is_made(tmp_pa
     registry.predictor(str(tmp_path / "m")).wait_for_engine(timeout=300)
     again = registry.classify(check_images("photo", 1)[0][0], str(tmp_path / "m"), heatmap=False)
     assert again.engine == registry.predictor(str(tmp_path / "m")).engine_choice.chosen and again.engine_note == ""
+
+
+def test_a_stopped_choice_skips_the_candidates_left_and_caches_nothing(tmp_path):
+    from resnet_hub.engines import EngineError, choose, weights_key
+    from resnet_hub.serving import default_calibration, default_check_images
+
+    model = small_resnet()
+    stop = threading.Event()
+    stop.set()
+    check, what = default_check_images(model)
+    with pytest.raises(EngineError, match="stopped before every candidate"):
+        choose(model, torch.device("cpu"), engine="auto", calibration=default_calibration(model), check_images=check,
+               trained=False, check_set=what, cache_dir=tmp_path, weights_key=weights_key(model), stop=stop)
+    assert not any(tmp_path.glob("choice-*.json"))
