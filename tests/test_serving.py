@@ -87,3 +87,32 @@ def test_a_stopped_choice_skips_the_candidates_left_and_caches_nothing(tmp_path)
         choose(model, torch.device("cpu"), engine="auto", calibration=default_calibration(model), check_images=check,
                trained=False, check_set=what, cache_dir=tmp_path, weights_key=weights_key(model), stop=stop)
     assert not any(tmp_path.glob("choice-*.json"))
+
+
+def test_requests_served_while_int8_is_traced_in_another_thread_run_as_usual():
+    """FX's tracing patches nn.Module for the whole process; a request during it ran into the tracer."""
+    from resnet_hub.engines import TorchEngine, quantize_int8
+
+    serving = TorchEngine(small_resnet(), torch.device("cpu"), "fp32")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    want = serving(x)[0]
+    done, errors, runs = threading.Event(), [], [0]
+
+    def serve():
+        while not done.is_set():
+            try:
+                assert torch.allclose(serving(x)[0], want, atol=1e-5)
+                runs[0] += 1
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+                return
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        for _ in range(3):
+            quantize_int8(small_resnet(), torch.randn(4, 3, 32, 32))
+    finally:
+        done.set()
+        thread.join()
+    assert errors == [] and runs[0] > 0
