@@ -179,10 +179,12 @@ class Predictor:
         self.compiled = bool(getattr(built, "compiled", False))
 
     def _switch(self, built, choice: EngineChoice | None, notes: list[str]) -> None:
-        """Serve on ``built`` from the next forward pass on (None: keep the engine, say why in ``notes``)."""
+        """Serve on ``built`` from the next forward pass on (None: keep the engine; ``choice`` and ``notes`` say why)."""
         with self._lock:  # between two forward passes, never during one
             if built is not None:
                 self._set_engine(built, choice)
+            elif choice is not None:
+                self.engine_choice = choice
             self.notes.extend(notes)
         self._engine_ready.set()
 

@@ -70,9 +70,12 @@ def has_trained_weights(model: HubResNet) -> bool:
 
 
 class PendingChoice(EngineChoice):
-    """What serves until the background choice is made: the plain torch path."""
+    """What serves until the background choice is made: the plain torch path (``gate``: why it still serves, when
+    the choice failed)."""
 
     def summary(self) -> str:
+        if self.gate:
+            return f"{self.chosen}: {self.gate}"
         return f"{self.chosen} for now: the fastest engine that passes its check is being chosen in the background"
 
 
@@ -199,7 +202,8 @@ def choose_later(predictor, *, engine: str, calibration: Tensor | None, fold: bo
                                                     cache_dir=p.cache_dir, fold=fold, compile=compile, extra=extra,
                                                     stop=choices.stopping)
         except Exception as e:  # noqa: BLE001 - the plain path keeps serving; the reason is kept
-            p._switch(None, None, [f"the engine choice failed ({type(e).__name__}: {e}): torch fp32 serves"])
+            why = f"the engine choice failed ({type(e).__name__}: {e}), so it serves"
+            p._switch(None, PendingChoice(p.engine_name, [], why, ""), [f"{why}: {p.engine_name}"])
             if choices.stopping.is_set():
                 return  # the process is exiting: not a failure
             raise

@@ -116,3 +116,37 @@ def test_requests_served_while_int8_is_traced_in_another_thread_run_as_usual():
         done.set()
         thread.join()
     assert errors == [] and runs[0] > 0
+
+
+def test_a_failed_background_choice_keeps_torch_serving_and_says_why(tmp_path, monkeypatch):
+    import resnet_hub.serving as serving
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no room to convert")
+
+    monkeypatch.setattr(serving, "build_engine", broken)
+    predictor = Predictor(small_resnet(), "cpu", cache_dir=tmp_path, background=True)
+    predictor.classify(check_images("photo", 1)[0][0])
+    assert predictor.wait_for_engine(timeout=60)
+    assert predictor.engine_name == "torch fp32" and "no room to convert" in predictor.engine_choice.summary()
+    assert predictor.classify(check_images("photo", 1)[0][0]).engine == "torch fp32"
+
+
+def test_a_model_fine_tuned_in_the_app_has_its_engine_chosen_right_after_training(tmp_path, monkeypatch):
+    from resnet_hub.finetune import FinetuneConfig
+    from resnet_hub.services.jobs import FinetuneJobs
+    from resnet_hub.services.registry import ModelRegistry
+    from resnet_hub.training_slot import TrainingSlot
+
+    from .test_app import colour_zip
+
+    monkeypatch.setenv("RESNET_HUB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNET_HUB_ENGINE_CACHE", str(tmp_path / "engine-cache"))
+    jobs = FinetuneJobs(ModelRegistry(check_hub=False, device="cpu"), TrainingSlot())
+    job = jobs.start(colour_zip(tmp_path / "c.zip", per_class=12),
+                     FinetuneConfig(base="scratch:resnet18", epochs=1, image_size=32), "colours")
+    assert job.done.wait(300) and job.error is None, job.error
+    assert BACKGROUND_CHOICES.wait_idle(300)
+    assert any((tmp_path / "engine-cache").glob("choice-*.json"))  # chosen with no one asking
+    served = Predictor(str(job.folder), "cpu", cache_dir=tmp_path / "engine-cache")
+    assert served.engine_choice.from_cache  # its first service reads the choice and re-checks it
