@@ -352,7 +352,8 @@ class Predictor:
     def probabilities(self, logits: Tensor) -> Tensor:
         """(B, num_classes) logits -> softmax(logits / temperature): the calibrated confidence of a model fine-tuned
         here (:mod:`resnet_hub.calibration`; temperature 1 for any other). The top-1 class is the logits' own."""
-        return torch.softmax(logits.float() / self.temperature, dim=1)
+        logits = logits.float()
+        return torch.softmax(logits if self.temperature == 1.0 else logits / self.temperature, dim=1)
 
     def top_k(self, logits: Tensor, k: int, engine: str = "") -> list[Prediction]:
         """(B, num_classes) logits -> the k most probable classes of each row."""
