@@ -98,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(run=_bench_finetune)
 
+    p = sub.add_parser("bench-first-answer", help="the first answer of a model never served here, empty engine cache",
+                       description="Time to the first answer of a model never served here (an empty engine cache): "
+                                   "the plain torch path answering while the engine is chosen in the background, "
+                                   "against choosing it before the first answer; and the warm median of each.")
+    p.add_argument("model", metavar="MODEL", help="a saved model: folder, store name or Hub id, e.g. one saved with "
+                                                  "`finetune --base scratch:resnet50 --image-size 224`")
+    p.add_argument("--runs", type=int, default=20, help="warm runs per median (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(run=_bench_first_answer)
+
     _add_finetune_parser(sub)
     batch_cli.add_evaluate_parser(sub, _add_common).set_defaults(
         run=lambda args: batch_cli.evaluate(args, lambda: _registry(args, [args.model])))
@@ -259,6 +270,7 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         summary["dropped"] = dropped
     summary.update(result.results.to_dict())  # confusion matrix, per-class metrics, misclassified images
     summary["metrics"] = result.model.info.metrics
+    summary["calibration"] = result.calibration.to_dict() if result.calibration else None
     summary["hyperparameters"] = result.model.info.training["hyperparameters"]
     if args.push_to:
         summary["pushed"] = result.model.push_to_hub(args.push_to, token=token)
@@ -268,9 +280,28 @@ def _finetune(args: argparse.Namespace) -> dict[str, Any] | None:
         print(f"{stopped}validation accuracy {result.val_accuracy:.2%} on {dataset.name}; saved to {out}")
         for note in result.model.info.notes:
             print(f"note: {note}")
+        _print_calibration(result.calibration)
         if args.push_to:
             print(f"pushed: {summary['pushed']}")
     return summary
+
+
+def _print_calibration(calibration) -> None:
+    """Both calibration errors, the reliability per bin, and the images answered at each "not sure" threshold."""
+    if calibration is None:
+        return
+    print(f"confidence: {calibration.describe()}")
+    bins = [{"confidence bin": f"{b['low']:.2f}-{b['high']:.2f}", "images": b["count"],
+             "mean confidence before": b["confidence"], "accuracy before": b["accuracy"],
+             **({"images after": a["count"], "mean confidence after": a["confidence"], "accuracy after": a["accuracy"]}
+                if calibration.fitted else {})}
+            for b, a in zip(calibration.reliability_before, calibration.reliability_after or calibration.reliability_before)
+            if b["count"] or (calibration.fitted and a["count"])]
+    print("reliability (validation):")
+    print_table([{k: "-" if v is None else v for k, v in row.items()} for row in bins])
+    print("answered at each confidence threshold (validation; below it: not sure):")
+    print_table([{"confidence at least": r["threshold"], "answered": f"{r['answered']:.1%}", "images": r["images"],
+                  "accuracy": "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"} for r in calibration.thresholds])
 
 
 class _ProgressBar:
@@ -329,7 +360,7 @@ def _registry(args: argparse.Namespace, choices: Sequence[str]):
     from .services.registry import ModelRegistry
 
     registry = ModelRegistry(args.device, args.precision, check_hub=False, compile=args.compile, allow_paths=True,
-                             engine=args.engine)
+                             engine=args.engine, background_choice=False)
     for choice in dict.fromkeys(choices):
         note = registry.starter_note(choice)
         if note:
@@ -430,6 +461,19 @@ def _bench_finetune(args: argparse.Namespace) -> dict[str, Any]:
                                 freezes=tuple(args.freezes), precision=args.precision, device=args.device,
                                 wall_arch=None if args.wall_arch == "none" else args.wall_arch,
                                 log=None if args.json else print)
+    if not args.json:
+        print_table(report["rows"])
+        for note in report["notes"]:
+            print(f"note: {note}")
+    return report
+
+
+def _bench_first_answer(args: argparse.Namespace) -> dict[str, Any]:
+    from .bench_first_answer import run_first_answer_bench
+    from .names import model_source
+
+    report = run_first_answer_bench(model_source(args.model, allow_paths=True), runs=args.runs, device=args.device,
+                                    log=None if args.json else print)
     if not args.json:
         print_table(report["rows"])
         for note in report["notes"]:

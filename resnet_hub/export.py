@@ -36,14 +36,17 @@ class OnnxExport:
     images_checked: int
     top1_agreement: float  # share of the checked images with PyTorch's top-1
     max_abs_logit_diff: float
+    temperature: float = 1.0  # the output is the logits divided by it: softmax gives the calibrated probabilities
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "path": str(self.path)}
 
     def describe(self) -> str:
+        scaled = (f" divided by the calibration temperature {self.temperature:.3f} (softmax of it is the calibrated "
+                  f"confidence; top-1 unchanged)" if self.temperature != 1.0 else "")
         return (f"ONNX (opset {self.opset}): same top-1 as PyTorch on {self.images_checked} real images, logits within "
                 f"{self.max_abs_logit_diff:.1e}; runs with onnxruntime, input 'pixel_values' (N, 3, "
-                f"H, W) preprocessed as config.json says, output 'logits'")
+                f"H, W) preprocessed as config.json says, output 'logits'{scaled}")
 
 
 def export_onnx(model: HubResNet, path: str | os.PathLike, *, opset: int = ONNX_OPSET,
@@ -51,6 +54,8 @@ def export_onnx(model: HubResNet, path: str | os.PathLike, *, opset: int = ONNX_
     """Write ``model`` as ONNX to ``path`` (a temporary name, renamed when checked) with a dynamic batch, and check
     it with onnxruntime against PyTorch on ``images`` (default: real photos or digits, preprocessed as the model
     expects). Raises :class:`ExportError`, leaving nothing at ``path``, when the exporter fails or the top-1 differs.
+    A calibrated model (``model.info.temperature``) is exported with its logits divided by the temperature, so
+    softmax of the output is the Predictor's calibrated confidence.
     """
     import numpy as np
 
@@ -81,7 +86,7 @@ def export_onnx(model: HubResNet, path: str | os.PathLike, *, opset: int = ONNX_
         if agree < 1.0:
             raise ExportError(f"the ONNX export of {model.config.architecture} disagrees with PyTorch on "
                               f"{1 - agree:.0%} of {len(images)} images (logits differ by up to {diff:.3g}): not offered")
-    return OnnxExport(path, opset, len(images), agree, diff)
+    return OnnxExport(path, opset, len(images), agree, diff, model.info.temperature)
 
 
 def _require_onnx() -> None:
@@ -94,10 +99,23 @@ def _require_onnx() -> None:
                           f"pip install 'resnet-hub[onnx]' adds {'them' if len(missing) > 1 else 'it'}")
 
 
+class _Calibrated(torch.nn.Module):
+    """The model with its logits divided by the calibration temperature, in the exported graph itself: a runtime
+    that reads only the ONNX file then gives the confidence the Predictor gives."""
+
+    def __init__(self, model: torch.nn.Module, temperature: float):
+        super().__init__()
+        self.model, self.temperature = model, float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
+
+
 def _cpu_copy(model: HubResNet) -> torch.nn.Module:
     import copy
 
-    return copy.deepcopy(model).float().eval().to("cpu", memory_format=torch.contiguous_format)
+    cpu = copy.deepcopy(model).float().eval().to("cpu", memory_format=torch.contiguous_format)
+    return _Calibrated(cpu, model.info.temperature).eval() if model.info.temperature != 1.0 else cpu
 
 
 def _check_images(model: HubResNet) -> torch.Tensor:

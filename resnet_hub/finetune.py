@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .calibration import Calibration, record as record_calibration
 from .data import ImageDataset, stratified_split
 from .errors import DataError, LayoutError
 from .finetune_config import (  # noqa: F401 - re-exported
@@ -92,15 +93,12 @@ class FinetuneResult:
     # where that part came from: "converted", "quantized", "cache" or "memory" (engines.OpenVINOPart.source).
     frozen_part: str = ""
     frozen_part_source: str = ""
+    calibration: Calibration | None = None  # the temperature fitted on the validation split, its ECE
 
     def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
         if self.model is None:
             raise FinetuneError(f"the run {self.reason}: there are no weights to save")
         return self.model.save_pretrained(folder, overwrite=overwrite)
-
-
-# ---------------------------------------------------------------------------
-# Distributed set-up: the same entry point alone or under torchrun
 
 
 # ---------------------------------------------------------------------------
@@ -461,6 +459,7 @@ def finetune(
     stopped_at = {"epoch": epoch + 1, "step": step, "total_steps": total_steps} if stopped_reason else None
     _record_results(model, dataset, settings, val_acc, results, len(train_idx), len(val_idx), precision, seconds,
                     stopped_at, stopped_reason, plan)
+    calibrated = record_calibration(model, probs, y_val, seed=config.seed)
     if stopped_reason:
         message = (f"{stopped_reason} at epoch {epoch + 1}, step {step} of {total_steps}: kept, validation accuracy "
                    f"{val_acc:.2%}")
@@ -471,7 +470,7 @@ def finetune(
                      message=f"done in {seconds:.0f} s: validation accuracy {val_acc:.2%}"))
     return FinetuneResult(model, bool(stopped_reason), stopped_reason or "finished", val_acc, results.confusion_matrix,
                           history, speed, seconds, results=results, stopped_at=stopped_at, frozen_part=frozen_part[0],
-                          frozen_part_source=frozen_part[1])
+                          frozen_part_source=frozen_part[1], calibration=calibrated)
 
 
 def _nothing_kept(report, history, reason, step, total_steps, epoch, config, seconds, speed=None) -> FinetuneResult:

@@ -51,8 +51,18 @@ class _OwnLayout(Layout):
             metrics=dict(cfg.get("metrics") or {}),
             training=dict(cfg.get("training") or {}),
             license=cfg.get("license") or "apache-2.0",
+            temperature=_temperature(cfg, folder),
         )
         return config, info
+
+
+def _temperature(cfg: dict, folder: Path) -> float:
+    """The calibration temperature (absent, as in a config written before calibration: 1, softmax as it is)."""
+    t = cfg.get("temperature", 1.0)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
+        raise LayoutError(f"{folder / CONFIG_NAME}: \"temperature\" must be a positive number (the calibration "
+                          f"temperature; remove the field to show uncalibrated confidence), got {t!r}")
+    return float(t)
 
 
 class _TimmLayout(Layout):

@@ -75,6 +75,7 @@ class WeightsInfo:
     training: dict[str, Any] = field(default_factory=dict)  # hyperparameters, data summary, confusion matrix
     license: str = "apache-2.0"
     notes: list[str] = field(default_factory=list)  # what loading did, e.g. a replaced head
+    temperature: float = 1.0  # divides the logits before softmax: calibrated confidence (resnet_hub.calibration)
 
 
 @functools.cache

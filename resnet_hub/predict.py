@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .errors import ResNetHubError
 from .hardware import device_name, elapsed_ms, resolve_device, resolve_precision, synchronize
-from .images import center_digit, decode_batch, decode_to_tensor_batch, eval_transform, load_image, resize_and_crop, to_tensor_batch
+from .images import decode_batch, decode_to_tensor_batch, eval_transform, load_image, resize_and_crop, to_tensor_batch
 from .weights import HubResNet, load
 
 DEFAULT_TOP_K = 5
@@ -46,8 +46,9 @@ class Prediction:
     """Top-k classes of one image, most probable first."""
 
     labels: list[str]
-    probabilities: list[float]
+    probabilities: list[float]  # softmax(logits / temperature): the model's calibrated confidence when it has one
     class_ids: list[int]
+    engine: str = ""  # what computed it, e.g. "openvino int8" (torch fp32 while the choice is made in the background)
 
     def as_dict(self) -> dict[str, float]:
         return dict(zip(self.labels, self.probabilities))
@@ -55,30 +56,6 @@ class Prediction:
     @property
     def top1(self) -> str:
         return self.labels[0]
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Latency of one model at one batch size; times in milliseconds."""
-
-    model: str
-    device: str
-    precision: str
-    batch_size: int
-    first_call_ms: float  # the first forward pass at this batch size since the model was loaded: cold caches
-    median_ms: float
-    p90_ms: float
-    runs: int
-    compiled: bool = False
-    p10_ms: float | None = None
-    engine: str = "torch"
-
-    @property
-    def images_per_s(self) -> float:
-        return 1000.0 * self.batch_size / self.median_ms
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "images_per_s": self.images_per_s}
 
 
 # ---------------------------------------------------------------------------
@@ -93,30 +70,17 @@ from .engines import (  # noqa: E402
     cam_from_features,
 )
 from . import engines as _engines  # noqa: E402
-
-
-def laid_out(pictures: Sequence[Image.Image], kind: str) -> list[Image.Image]:
-    """Images as a model of ``kind`` is served them: a digit centred and scaled the MNIST way (:func:`center_digit`),
-    a photo as it is."""
-    return [center_digit(p) for p in pictures] if kind == "digits" else list(pictures)
-
-
-def default_calibration(model: HubResNet, n: int = CALIBRATION_IMAGES) -> Tensor:
-    """Real images for int8 calibration: MNIST digits for digit models (centred, as served), scikit-image photos
-    otherwise."""
-    from .examples import calibration_images
-
-    kind = model.info.training.get("kind", "photo")
-    return to_tensor_batch(laid_out(calibration_images(kind, n), kind), model.preprocessing)  # as they are served
-
-
-def default_check_images(model: HubResNet, n: int = CHECK_IMAGES) -> tuple[Tensor, str]:
-    """Real images of the model's kind that calibration never saw, and what they are."""
-    from .examples import check_images
-
-    kind = model.info.training.get("kind", "photo")
-    images, what = check_images(kind, n)
-    return to_tensor_batch(laid_out(images, kind), model.preprocessing), what
+from .serving import (  # noqa: E402,F401 - laid_out, default_*, has_trained_weights: public here too
+    PendingChoice,
+    build_engine,
+    choose_later,
+    default_calibration,
+    default_check_images,
+    has_trained_weights,
+    laid_out,
+    plain_engine,
+)
+from .timing import Timing, percentile as _percentile  # noqa: E402
 
 
 def count_gmacs(model: HubResNet) -> float:
@@ -129,14 +93,6 @@ def count_gmacs(model: HubResNet) -> float:
     with counter, torch.no_grad():
         probe(torch.zeros(1, model.config.in_chans, size, size))
     return counter.get_total_flops() / 2 / 1e9  # FlopCounterMode counts a multiply-add as 2 flops
-
-
-def has_trained_weights(model: HubResNet) -> bool:
-    """Weights with a training record (fine-tuned or trained here) or from a Hub repo: an accuracy to protect."""
-    from .hub import hub_repo_id
-
-    return bool(model.info.training) or bool(model.info.metrics) or (
-        bool(model.info.source) and hub_repo_id(model.info.source) is not None)
 
 
 # ---------------------------------------------------------------------------
@@ -166,11 +122,14 @@ class Predictor:
         calibration: Tensor | None = None,
         cache_dir: str | os.PathLike | None = "default",
         extra_candidates: dict | None = None,
+        background: bool = False,
     ):
         """``precision``/``engine``: "auto" picks the fastest path that passes its check against
         fp32 (see :mod:`resnet_hub.engines`); a named precision with ``engine="auto"`` runs torch,
         as before. ``cache_dir``: where converted engines and the choice are cached ("default":
-        the store's ``engine-cache``; None: nothing cached)."""
+        the store's ``engine-cache``; None: nothing cached). ``background`` (with ``precision="auto"``):
+        answer at once on torch fp32 and make the choice in the background (:mod:`resnet_hub.serving`);
+        :meth:`wait_for_engine` waits for it. Otherwise the choice is made here, before the first answer."""
         self.device = resolve_device(device)
         self.notes: list[str] = []
         if engine not in _engines.ENGINES:
@@ -195,49 +154,53 @@ class Predictor:
         if cache_dir == "default":
             cache_dir = _engines.default_cache_dir()
         self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
-        self._engine, self.engine_choice = self._build_engine(engine, precision, calibration, fold_batchnorm,
-                                                              compile, extra_candidates)
-        self.engine = self._engine.engine
-        self.precision = self._engine.precision
-        self.compiled = bool(getattr(self._engine, "compiled", False))
+        self.temperature = self.model.info.temperature  # probabilities are softmax(logits / temperature)
+        self._answered = threading.Event()  # set by the first forward pass: a background choice waits for it
+        self._engine_ready = threading.Event()
+        if background and precision == "auto":
+            self._set_engine(plain_engine(self._eval_model(), self.device, fold_batchnorm),
+                             PendingChoice("torch fp32", [], "", ""))
+            choose_later(self, engine=engine, calibration=calibration, fold=fold_batchnorm, compile=compile,
+                         extra=extra_candidates)
+        else:
+            built, choice, notes = build_engine(self.model, self.device, engine, precision, calibration=calibration,
+                                                cache_dir=self.cache_dir, fold=fold_batchnorm, compile=compile,
+                                                extra=extra_candidates)
+            self._switch(built, choice, notes)
+            for note in notes:
+                warnings.warn(note, stacklevel=2)
 
-    def _build_engine(self, engine, precision, calibration, fold, compile, extra):
-        from pathlib import Path
+    def _eval_model(self) -> HubResNet:
+        return copy.deepcopy(self.model).eval() if self.model.training else self.model
 
-        cache = Path(self.cache_dir) if self.cache_dir else None
-        # The reference and the conversions run in eval mode; the caller's model keeps its own mode.
-        model = copy.deepcopy(self.model).eval() if self.model.training else self.model
-        needs_calibration = precision in ("auto", "int8")
-        if needs_calibration and calibration is None and self.device.type == "cpu":
-            calibration = default_calibration(self.model)
-        key = _engines.weights_key(model) if (precision == "auto" or engine == "openvino") else ""
-        if precision == "auto":
-            check_images, what = default_check_images(self.model)
-            trained = has_trained_weights(self.model)
-            try:
-                return _engines.choose(model, self.device, engine=engine, calibration=calibration,
-                                       check_images=check_images, trained=trained, check_set=what, cache_dir=cache,
-                                       weights_key=key, fold=fold, compile=compile, extra=extra)
-            except EngineError as e:
-                self.notes.append(f"{e}; running torch fp32")
-                warnings.warn(self.notes[-1], stacklevel=3)
-                precision, engine = "fp32", "torch"
-        wanted = "torch" if engine == "auto" else engine
-        try:
-            built = _engines.build(model, self.device, wanted, precision, calibration=calibration, cache_dir=cache,
-                                   weights_key=key, fold=fold, compile=compile)
-        except EngineError as e:
-            note = f"{wanted} {precision} is not available here ({e}): running torch {precision if wanted != 'torch' else 'fp32'} instead"
-            self.notes.append(note)
-            warnings.warn(note, stacklevel=3)
-            fallback = precision if wanted != "torch" and precision in ("fp32", "int8", "bf16") else "fp32"
-            try:
-                built = _engines.build(model, self.device, "torch", fallback, calibration=calibration, cache_dir=cache,
-                                       weights_key=key, fold=fold, compile=compile)
-            except EngineError:
-                built = _engines.build(model, self.device, "torch", "fp32", calibration=None, cache_dir=cache,
-                                       weights_key=key, fold=fold, compile=compile)
-        return built, EngineChoice(built.name, [], "forced: not checked at load", "", forced=True)
+    def _set_engine(self, built, choice: EngineChoice) -> None:
+        self._engine, self.engine_choice = built, choice
+        self.engine, self.precision = built.engine, built.precision
+        self.compiled = bool(getattr(built, "compiled", False))
+
+    def _switch(self, built, choice: EngineChoice | None, notes: list[str]) -> None:
+        """Serve on ``built`` from the next forward pass on (None: keep the engine; ``choice`` and ``notes`` say why)."""
+        with self._lock:  # between two forward passes, never during one
+            if built is not None:
+                self._set_engine(built, choice)
+            elif choice is not None:
+                self.engine_choice = choice
+            self.notes.extend(notes)
+        self._engine_ready.set()
+
+    @property
+    def engine_name(self) -> str:
+        """What serves now, e.g. "openvino int8" or "torch fp32"."""
+        return getattr(self._engine, "name", "")
+
+    @property
+    def choosing(self) -> bool:
+        """Whether the engine is still being chosen in the background (the plain torch path serves meanwhile)."""
+        return not self._engine_ready.is_set()
+
+    def wait_for_engine(self, timeout: float | None = None) -> bool:
+        """Block until the engine is chosen (at once unless ``background``); False when ``timeout`` passed first."""
+        return self._engine_ready.wait(timeout)
 
     @property
     def labels(self) -> list[str]:
@@ -297,6 +260,7 @@ class Predictor:
             if len(batch) not in self._first_call_ms:
                 synchronize(self.device)
                 self._first_call_ms[len(batch)] = (time.perf_counter() - start) * 1000
+        self._answered.set()
         return logits, features
 
     def logits(self, batch: Tensor) -> Tensor:
@@ -310,6 +274,10 @@ class Predictor:
         (up to ``MAX_BATCH`` images) in one pass and hands each its own rows. No request
         waits longer than the pass before it: under load, batches form by themselves.
         """
+        return self._forward_batched(batch)[:2]
+
+    def _forward_batched(self, batch: Tensor) -> tuple[Tensor, Tensor, str]:
+        """:meth:`forward_batched`, and the name of the engine that ran the pass."""
         request = _Request(batch)
         with self._pending_lock:
             self._pending.append(request)
@@ -328,6 +296,7 @@ class Predictor:
                     start = time.perf_counter()
                     batch = taken[0].batch if len(taken) == 1 else torch.cat([r.batch for r in taken])
                     logits, features = self._engine(batch)
+                    engine = getattr(self._engine, "name", "")  # a test's stand-in may be a plain function
                     self.batches_run += 1
                     if size not in self._first_call_ms:
                         synchronize(self.device)
@@ -335,7 +304,7 @@ class Predictor:
                     offset = 0
                     for r in taken:
                         n = len(r.batch)
-                        r.result = (logits[offset : offset + n], features[offset : offset + n])
+                        r.result = (logits[offset : offset + n], features[offset : offset + n], engine)
                         offset += n
                 except BaseException as e:  # noqa: BLE001 - every waiting caller gets the error, none hangs
                     for r in taken:
@@ -343,6 +312,7 @@ class Predictor:
                 finally:
                     for r in taken:
                         r.done.set()
+        self._answered.set()
         if request.error is not None:
             raise request.error
         return request.result
@@ -355,7 +325,8 @@ class Predictor:
         """
         single = not isinstance(images, (list, tuple))
         top_k = self._check_top_k(top_k)
-        out = self.top_k(self.forward_batched(self.preprocess(images))[0], top_k)
+        logits, _, engine = self._forward_batched(self.preprocess(images))
+        out = self.top_k(logits, top_k, engine=engine)
         return out[0] if single else out
 
     def classify_with_heatmap(self, picture: Image.Image, top_k: int | None = None,
@@ -364,8 +335,8 @@ class Predictor:
         where that is exact (:attr:`cam_is_exact`), else from grad-CAM's own pass."""
         top_k = self._check_top_k(top_k)
         laid_out = self.layout([picture])[0]
-        logits, features = self.forward_batched(to_tensor_batch([laid_out], self.model.preprocessing))
-        prediction = self.top_k(logits, top_k)[0]
+        logits, features, engine = self._forward_batched(to_tensor_batch([laid_out], self.model.preprocessing))
+        prediction = self.top_k(logits, top_k, engine=engine)[0]
         if self.cam_is_exact:
             heat = cam_from_features(features[0], self.model.fc.weight.detach(), prediction.class_ids[0])
             crop = resize_and_crop(self.model.preprocessing)(laid_out)
@@ -378,11 +349,17 @@ class Predictor:
         then grad-CAM equals the class activation map of the forward pass's features, up to scale."""
         return cam_layer(self.model) == self.model.stage_names[-1] and isinstance(self.model.fc, nn.Linear)
 
-    def top_k(self, logits: Tensor, k: int) -> list[Prediction]:
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """(B, num_classes) logits -> softmax(logits / temperature): the calibrated confidence of a model fine-tuned
+        here (:mod:`resnet_hub.calibration`; temperature 1 for any other). The top-1 class is the logits' own."""
+        logits = logits.float()
+        return torch.softmax(logits if self.temperature == 1.0 else logits / self.temperature, dim=1)
+
+    def top_k(self, logits: Tensor, k: int, engine: str = "") -> list[Prediction]:
         """(B, num_classes) logits -> the k most probable classes of each row."""
-        values, ids = torch.softmax(logits.float(), dim=1).cpu().topk(k, dim=1)
+        values, ids = self.probabilities(logits).cpu().topk(k, dim=1)
         return [
-            Prediction([self.labels[i] for i in row_ids.tolist()], row_values.tolist(), row_ids.tolist())
+            Prediction([self.labels[i] for i in row_ids.tolist()], row_values.tolist(), row_ids.tolist(), engine)
             for row_values, row_ids in zip(values, ids)
         ]
 
@@ -528,8 +505,9 @@ def compare(
         raise PredictorError(f"runs must be a whole number of at least 1, got {runs!r}")
     names = _unique_names([p.name for p in predictors])
     batches = [p.preprocess(image) for p in predictors]  # once per model: each has its own preprocessing
-    predictions = {name: p.top_k(p.logits(batch), p._check_top_k(top_k))[0]
+    predictions = {name: p.top_k(p.logits(batch), p._check_top_k(top_k), engine=p.engine_name)[0]
                    for name, p, batch in zip(names, predictors, batches)}
+    serving = [p.engine_name for p in predictors]
     for p, batch in zip(predictors, batches):
         for _ in range(warmup):
             p.logits(batch)
@@ -540,12 +518,15 @@ def compare(
         for i, (p, batch) in enumerate(zip(predictors, batches)):
             times[i].append(p._timed_run(batch))
     timings = {name: p._timing(1, t) for name, p, t in zip(names, predictors, times)}
+    switched = [f"{name}: the engine chosen in the background ({p.engine_name}) took over from {was} during the "
+                f"timed runs, so they mix the two: compare again to time {p.engine_name} alone"
+                for name, p, was in zip(names, predictors, serving) if p.engine_name != was]
     return Comparison(
         predictions=predictions,
         timings=timings,
         parameters={n: p.num_parameters() for n, p in zip(names, predictors)},
         gmacs={n: p.gmacs for n, p in zip(names, predictors)},
-        notes=[note for p in predictors for note in p.notes],
+        notes=[note for p in predictors for note in p.notes] + switched,
         engine_choices={n: p.engine_choice for n, p in zip(names, predictors)},
     )
 
@@ -572,6 +553,3 @@ def _is_whole(n: Any) -> bool:
 def _as_list(images: Any) -> list:
     return list(images) if isinstance(images, (list, tuple)) else [images]
 
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))

@@ -85,6 +85,7 @@ class HubResNet(ResNet):
         check_labels(labels, "the label names")
         super().reset_head(num_classes)
         self.info.labels = labels
+        self.info.temperature = 1.0  # a new head's confidence is not the old one's
 
     def config_dict(self) -> dict:
         info = self.info
@@ -100,6 +101,8 @@ class HubResNet(ResNet):
             "metrics": dict(info.metrics),
             "training": info.training,
             "license": info.license,
+            # Only when calibrated: a config without it loads as T = 1, and other readers ignore it.
+            **({"temperature": round(info.temperature, 6)} if info.temperature != 1.0 else {}),
             **self._timm_fields(),
         }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 import struct
 import sys
 import threading
@@ -152,6 +153,7 @@ def test_classify_an_example_gives_top_k_a_timing_and_a_heatmap(running_app, kin
     assert sum(c["confidence"] for c in confidences) <= 1 + 1e-6
     assert [c["confidence"] for c in confidences] == sorted((c["confidence"] for c in confidences), reverse=True)
     assert " ms for this call" in timing
+    assert re.search(r"engine: (torch|openvino) (fp32|bf16|int8)", timing), timing  # which engine answered
     assert f"{arch.replace('resnet', 'ResNet-')} (starter digits)" in timing
     assert str(running_app.home) not in timing  # a store model is named, its server path is not shown
     with Image.open(heatmap) as overlay:
@@ -210,6 +212,8 @@ def test_the_app_and_the_cli_give_the_same_top_5(running_app, capsys, kind, arch
 
     from resnet_hub.__main__ import main
 
+    # The same engine too: the app's first answers come from torch fp32 while it chooses in the background.
+    assert running_app.module.ctx.registry.predictor(arch).wait_for_engine(timeout=300)
     label, _, _ = classify(running_app.client, example(kind), arch, top_k=5)
     capsys.readouterr()
     assert main(["classify", str(example(kind)), "--model", arch, "--top-k", "5", "--json"]) == 0

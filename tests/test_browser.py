@@ -233,6 +233,10 @@ def test_classify_an_example_digit(page, artifacts):
     label = page.locator("#classify-label").inner_text()
     assert re.search(r"^[0-9]$", label, re.MULTILINE) and "%" in label
     assert "centred and scaled the way MNIST digits are" in page.locator("#classify-info").inner_text()
+    # which engine answered: torch fp32 while the engine is still being chosen in the background, and says so
+    engine = re.search(r"engine: (\w+ \w+)( \(.*chosen in the background.*\))?",
+                       page.locator("#classify-info").inner_text())
+    assert engine and (engine.group(1) == "torch fp32" or not engine.group(2)), page.locator("#classify-info").inner_text()
 
 
 def test_a_photo_sent_to_a_digit_model_gets_a_clear_notice(page, artifacts):
@@ -772,3 +776,43 @@ def test_a_labelled_zip_in_compare_draws_each_model_at_its_accuracy_and_time(pag
     times = sorted(float(r[4]) for r in rows)  # each point at its model's ms per image, too
     span = times[-1] - times[0] or 1.0
     assert sorted(value_at(chart["x"], p["x"]) for p in points) == pytest.approx(times, abs=0.05 * span + 0.1)
+
+
+def half_noise_zip(path: Path, per_class: int = 100) -> Path:
+    """Reddish and bluish squares, a third of each folder grey noise: answers from sure to coin-toss, so the
+    reliability diagram has bins across the range (and 40 validation images, enough to fit a temperature)."""
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    with zipfile.ZipFile(path, "w") as z:
+        for name, colour in {"red": (220, 30, 30), "blue": (30, 30, 220)}.items():
+            for i in range(per_class):
+                pixels = (rng.integers(60, 200, (32, 32, 3)) if i % 3 == 0 else
+                          np.clip(np.array(colour) + rng.integers(-40, 40, (32, 32, 3)), 0, 255))
+                buffer = io.BytesIO()
+                Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+                z.writestr(f"{name}/{i:03d}.png", buffer.getvalue())
+    return path
+
+
+def test_the_finetune_results_draw_the_reliability_diagram_and_the_not_sure_thresholds(page, artifacts, tmp_path):
+    from resnet_hub.ui.charts import RELIABILITY_SERIES
+
+    train_in_the_browser(page, artifacts, half_noise_zip(tmp_path / "half-noise.zip"), epochs=1)
+    page.wait_for_function("() => /before, [\\d.]+ after/.test("
+                           "document.querySelector('#finetune-calibration')?.innerText ?? '')", timeout=TIMEOUT_MS)
+    text = page.locator("#finetune-calibration").inner_text()
+    before, after = map(float, re.search(r"([\d.]+) before, ([\d.]+) after", text).groups())
+    assert 0 <= before <= 1 and 0 <= after <= 1 and "temperature" in text, text
+    page.wait_for_function("() => document.querySelectorAll('#reliability-plot svg .mark-line path').length >= 3",
+                           timeout=TIMEOUT_MS)
+    assert legend_entries(page, "#reliability-plot") == list(RELIABILITY_SERIES)
+    lines = [line for line in drawn_lines(page, "#reliability-plot") if line["stroke"] not in ("", "none")]
+    # the diagonal, and at least one of before/after across two bins or more
+    assert len(lines) >= 2 and all(line["points"] >= 2 for line in lines[:1]), lines
+    x_ticks = labels(axes(page, "#reliability-plot")["x"])
+    assert x_ticks[0] in ("0", "0.0") and x_ticks[-1] in ("1", "1.0"), x_ticks
+    rows = page.locator("#finetune-thresholds").evaluate(READ_TABLE)
+    assert [r[0] for r in rows] == ["0.50", "0.60", "0.70", "0.80", "0.90", "0.95"], rows
+    assert all(re.fullmatch(r"[\d.]+% \(\d+\)", r[1]) for r in rows), rows
+    shoot(page, artifacts, "tab-fine-tune-calibration")

@@ -227,10 +227,11 @@ def candidate_builders(model: ResNet, device: torch.device, *, engine: str = "au
 
 def choose(model: ResNet, device: torch.device, *, engine: str, calibration: Tensor, check_images: Tensor,
            trained: bool, check_set: str, cache_dir: Path | None, weights_key: str, fold: bool = True,
-           compile: bool = False, extra: dict[str, Callable[[], Any]] | None = None):
+           compile: bool = False, extra: dict[str, Callable[[], Any]] | None = None, stop: Any = None):
     """(engine, EngineChoice): the fastest candidate that passes its check against fp32.
 
-    ``extra`` maps a name to a builder of a further candidate (tests pass a broken one).
+    ``extra`` maps a name to a builder of a further candidate (tests pass a broken one). ``stop`` (a
+    threading.Event; a background choice's) set: the candidates not yet built are skipped and nothing is cached.
     A cached choice is reused when the chosen engine passes its check again; otherwise every
     candidate is built, checked and timed afresh.
     """
@@ -247,6 +248,8 @@ def choose(model: ResNet, device: torch.device, *, engine: str, calibration: Ten
     builders = candidate_builders(model, device, engine=engine, calibration=calibration, cache_dir=cache_dir,
                                   weights_key=weights_key, fold=fold, compile=compile)
     builders.update(extra or {})
+    if stop is not None:
+        builders = {name: functools.partial(_unless_stopped, stop, make) for name, make in builders.items()}
     # OpenVINO's and NNCF's versions in the key: installing (or updating) them makes the choice afresh.
     key = _digest(CHOICE_FORMAT, weights_key, str(device), openvino_version(), nncf_version(), *builders)
     choice_file = cache_dir / f"choice-{key[:24]}.json" if cache_dir else None
@@ -262,11 +265,19 @@ def choose(model: ResNet, device: torch.device, *, engine: str, calibration: Ten
             pass
     chosen, engine_fn, found = pick(builders, lambda e: check(e, check_images, reference, trained=trained),
                                     fastest=lambda built: measure(built, check_images, device))
+    if stop is not None and stop.is_set():
+        raise EngineError("the choice was stopped before every candidate was checked")
     if chosen is None:
         raise EngineError("no engine passed its check against fp32: " + "; ".join(c.describe() for c in found))
     choice = EngineChoice(chosen, found, gate, check_set, time.perf_counter() - start)
     _write_choice(choice_file, choice)
     return engine_fn, choice
+
+
+def _unless_stopped(stop, make: Callable[[], Any]) -> Any:
+    if stop.is_set():
+        raise EngineError("stopped")
+    return make()
 
 
 def _read_choice(path: Path | None) -> EngineChoice | None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 import copy
+import functools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -77,12 +82,47 @@ def quantize_int8(model: ResNet, calibration: Tensor) -> nn.Module:
     torch.backends.quantized.engine = "x86"
     float_model = WithFeatures(copy.deepcopy(model).float().eval().to("cpu")).eval()
     # torch.ao's FX API warns that it is deprecated; in torch 2.14 it is still the working int8 path.
-    with quiet_warnings(DeprecationWarning, UserWarning):
+    with quiet_warnings(DeprecationWarning, UserWarning), fx_tracing_confined_to_this_thread():
         prepared = prepare_fx(float_model, get_default_qconfig_mapping("x86"), (calibration[:1],))
         with torch.inference_mode():
             for chunk in calibration.split(32):
                 prepared(chunk)
         return convert_fx(prepared)
+
+
+_CONFINING = threading.Lock()
+
+
+@contextmanager
+def fx_tracing_confined_to_this_thread() -> Iterator[None]:
+    """FX's symbolic tracing (``prepare_fx``) replaces ``nn.Module.__call__`` and ``__getattr__`` for the whole process
+    while it traces: a forward pass in another thread (a request served while an engine is chosen in the background,
+    a fine-tune) then runs into the tracer ("NameError: module is not installed as a submodule") or gets proxies for
+    its weights. Here each replacement FX makes applies in the tracing thread only; other threads keep the original."""
+    from torch.fx import _symbolic_trace as fx_trace
+
+    with _CONFINING:  # one confined trace at a time: the patcher's methods are swapped for the process
+        owner = threading.get_ident()
+        patch, patch_method = fx_trace._Patcher.patch, fx_trace._Patcher.patch_method
+
+        def confined(new_fn, orig_fn):
+            @functools.wraps(new_fn)
+            def dispatch(*args, **kwargs):
+                return (new_fn if threading.get_ident() == owner else orig_fn)(*args, **kwargs)
+            return dispatch
+
+        def patch_here(self, frame_dict, name, new_fn, deduplicate=True):
+            orig = frame_dict[name] if name in frame_dict else getattr(builtins, name, None)
+            return patch(self, frame_dict, name, new_fn if orig is None else confined(new_fn, orig), deduplicate)
+
+        def patch_method_here(self, cls, name, new_fn, deduplicate=True):
+            return patch_method(self, cls, name, confined(new_fn, getattr(cls, name)), deduplicate)
+
+        fx_trace._Patcher.patch, fx_trace._Patcher.patch_method = patch_here, patch_method_here
+        try:
+            yield
+        finally:
+            fx_trace._Patcher.patch, fx_trace._Patcher.patch_method = patch, patch_method
 
 
 def _compile(module: nn.Module) -> nn.Module:

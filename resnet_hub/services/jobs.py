@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..calibration import Calibration
 from ..data import ImageDataset, mnist_sample, read_zip
 from ..errors import ResNetHubError, ServiceError
 from ..finetune import Event, FinetuneConfig, FinetuneResult, finetune
@@ -24,6 +25,7 @@ from ..frozen import prepare_base, prepare_frozen_part
 from ..hub import access
 from ..owners import Visitor
 from ..results import ValidationResults, mistake_thumbnails
+from ..serving import choose_ahead
 from ..store import model_folder
 from ..trained_on import write_record
 from ..training_slot import TRAINING, Ticket, TrainingSlot, lower_this_threads_priority
@@ -77,6 +79,7 @@ class RunReview:
     visitor: Visitor
     results: ValidationResults
     thumbnails: dict[int, Image.Image]
+    calibration: Calibration | None = None  # its confidence's temperature and calibration errors
 
     def mistakes(self, true: str | None = None, predicted: str | None = None) -> list[tuple[Image.Image, str]]:
         """(image, caption) of the misclassified validation images of one confusion-matrix cell (None: any
@@ -183,6 +186,8 @@ class FinetuneJobs:
                 write_record(job.folder, job.dataset, job.data, job.config.val_fraction, job.config.seed)
                 self._keep_review(job)
                 self._prepare_frozen_part(job)
+                if self.registry.background_choice and self.registry.precision == "auto":  # its first answer is quick
+                    choose_ahead(str(job.folder), self.registry.device, self.registry.engine)
         except ResNetHubError as e:
             job.error = str(e)
         except Exception as e:  # noqa: BLE001 - the UI must hear about any failure, and the app keeps serving
@@ -285,7 +290,8 @@ class FinetuneJobs:
         return True
 
     def _keep_review(self, job: Job) -> None:
-        review = RunReview(job.visitor, job.result.results, mistake_thumbnails(job.dataset, job.result.results))
+        review = RunReview(job.visitor, job.result.results, mistake_thumbnails(job.dataset, job.result.results),
+                           job.result.calibration)
         with self._lock:
             self._reviews[job.id] = review
             while len(self._reviews) > MAX_REVIEWS:

@@ -23,6 +23,7 @@ from ..images import load_image
 from ..names import STORE_PREFIX, is_hub_id, model_source
 from ..owners import Visitor
 from ..predict import Comparison, Prediction, Predictor, compare
+from ..serving import BACKGROUND_CHOICES
 from ..store import STARTER_ARCHS, local_models, model_record, starter_folder, stored_model
 from .input_notes import input_note, input_notes
 from .starters import DISPLAY, StarterBuild, StarterBuilds
@@ -45,6 +46,8 @@ class Classification:
     heatmap: Image.Image | None
     model: str
     note: str = ""
+    engine: str = ""  # what answered, e.g. "openvino int8"
+    engine_note: str = ""  # while the engine is chosen in the background, says that the plain torch path answered
 
 
 
@@ -63,10 +66,14 @@ class ModelRegistry:
 
     def __init__(self, device: str = "auto", precision: str = "auto", *, check_hub: bool = True,
                  compile: bool = False, allow_paths: bool = False, max_models: int = MAX_LOADED_MODELS,
-                 max_bytes: int = MAX_LOADED_BYTES, engine: str = "auto"):
+                 max_bytes: int = MAX_LOADED_BYTES, engine: str = "auto", background_choice: bool = True):
         # allow_paths: local folders are models too (the command line); never for the app's visitors.
         self.device, self.precision, self.compile, self.allow_paths = device, precision, compile, allow_paths
         self.engine = engine  # "auto", "torch" or "openvino" (see resnet_hub.engines)
+        # A model not served here before answers at once on torch fp32 while its engine is chosen in the background
+        # (resnet_hub.serving); False: the choice is made before the first answer (the command line, whose
+        # compare and bench time the engine chosen).
+        self.background_choice = background_choice
         self.max_models, self.max_bytes = max_models, max_bytes
         self._predictors: OrderedDict[tuple[str, str | None], Predictor] = OrderedDict()  # least recently used first
         self._sizes: dict[tuple[str, str | None], int] = {}
@@ -182,7 +189,8 @@ class ModelRegistry:
                 if self.uses_starters and choice in STARTER_ARCHS:
                     self.starters.wait(choice, on_progress)
                 with access(visitor.hub_access()):
-                    predictor = Predictor(source, self.device, self.precision, engine=self.engine, compile=self.compile)
+                    predictor = Predictor(source, self.device, self.precision, engine=self.engine, compile=self.compile,
+                                          background=self.background_choice)
                 predictor.name = self._display_name(choice, visitor) or predictor.name
                 with self._guard:
                     self._keep(key, predictor)
@@ -206,6 +214,11 @@ class ModelRegistry:
 
     def _pinned(self) -> set[str]:
         return set(DEFAULT_SOURCES.values()) | {str(starter_folder(a)) for a in STARTER_ARCHS}
+
+    def close(self, timeout_s: float = 120) -> None:
+        """Wait (at most ``timeout_s``) for the engine choices under way or queued: what an app closed in a process
+        that goes on (a test's) does, so no conversion outlives it."""
+        BACKGROUND_CHOICES.wait_idle(timeout_s)
 
     def loaded(self) -> dict[str, int]:
         """What is held now: models loaded, their bytes, and per-model load locks (for tests and the log)."""
@@ -259,7 +272,11 @@ class ModelRegistry:
         else:
             prediction, overlay = predictor.classify(picture, top_k=top_k), None
         latency = (time.perf_counter() - start) * 1000
-        return Classification(prediction, latency, overlay, predictor.name, input_note(picture, predictor))
+        chosen = prediction.engine == predictor.engine_name and not predictor.choosing
+        engine_note = "" if chosen else (f"{prediction.engine} answered while the fastest engine for this model is "
+                                         f"chosen in the background; later answers use it")
+        return Classification(prediction, latency, overlay, predictor.name, input_note(picture, predictor),
+                              prediction.engine, engine_note)
 
     def compare(self, image: Any, choices: Sequence[str] = ("resnet18", "resnet50"), top_k: int | None = 5,
                 runs: int = COMPARE_RUNS, on_progress: Callable[[StarterBuild], None] | None = None,

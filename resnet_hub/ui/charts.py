@@ -168,3 +168,43 @@ def lab_gradient_curves(result) -> pd.DataFrame | None:
     frame = pd.DataFrame(rows, columns=["block", "variant", "log10 gradient"])
     return frame.astype({"block": "int64", "variant": "str", "log10 gradient": "float64"})
 
+
+
+RELIABILITY_SERIES = ("perfectly calibrated", "before calibration", "after calibration")
+THRESHOLD_HEADERS = ["confidence at least", "images answered", "accuracy of those answered"]
+
+
+def reliability_frame(calibration) -> pd.DataFrame | None:
+    """A reliability diagram (Guo et al. 2017, fig. 1) as lines: per confidence bin with images, their accuracy
+    against their mean confidence, before and after calibration, beside the diagonal a calibrated model follows.
+    Every series is named from the first frame on (see :func:`curve_frame`): "after" has a NaN placeholder when no
+    temperature was fitted."""
+    if calibration is None:
+        return None
+    rows = [(0.0, "perfectly calibrated", 0.0), (1.0, "perfectly calibrated", 1.0)]
+    for series, bins in (("before calibration", calibration.reliability_before),
+                         ("after calibration", calibration.reliability_after)):
+        points = [(b["confidence"], series, b["accuracy"]) for b in bins if b["count"]]
+        rows += points or [(0.0, series, float("nan"))]
+    frame = pd.DataFrame(rows, columns=["confidence", "series", "accuracy"])
+    return frame.astype({"confidence": "float64", "series": "str", "accuracy": "float64"})
+
+
+def thresholds_frame(calibration) -> pd.DataFrame:
+    """Per confidence threshold: the share of validation images answered (the rest: "not sure") and their accuracy."""
+    rows = [] if calibration is None else calibration.thresholds
+    return pd.DataFrame([[f"{r['threshold']:.2f}", f"{r['answered']:.1%} ({r['images']})",
+                          "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"] for r in rows],
+                        columns=THRESHOLD_HEADERS)
+
+
+def calibration_text(calibration) -> str:
+    """Both calibration errors in words, or why there is no temperature."""
+    if calibration is None:
+        return ""
+    if not calibration.fitted:
+        return f"**Confidence:** {calibration.note}. Expected calibration error {calibration.ece_before:.3f}."
+    return (f"**Calibrated confidence:** temperature {calibration.temperature:.3f}. Expected calibration error "
+            f"(ECE, {calibration.bins} equal-width bins, {calibration.images} validation images, 2-fold "
+            f"cross-validated) **{calibration.ece_before:.3f} before, {calibration.ece_after:.3f} after**: the "
+            f"confidence shown is softmax(logits / {calibration.temperature:.3f}).")

@@ -51,7 +51,9 @@ def build_classify_tab(ctx: AppContext, visitor_state: gr.State, parts: PagePart
                                                visitor=ctx.visitor_of(browser_id, request, profile, oauth_token))
             except ResNetHubError as e:
                 raise user_error(e) from None
-            info = with_input_note(f"**{result.model}** · {result.latency_ms:.1f} ms for this call", result.note)
+            info = with_input_note(f"**{result.model}** · {result.latency_ms:.1f} ms for this call · engine: "
+                                   f"{result.engine}" + (f" ({result.engine_note})" if result.engine_note else ""),
+                                   result.note)
             if not_sure_below and result.prediction.probabilities[0] < not_sure_below:
                 info = (f"**{NOT_SURE}**: the top guess has {result.prediction.probabilities[0]:.0%}, below "
                         f"{not_sure_below:.0%}; the top guesses are shown.\n\n{info}")

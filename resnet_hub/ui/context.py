@@ -85,6 +85,7 @@ class AppContext:
         self.lab.close()
         self.inspections.close()
         self.batches.close()
+        self.registry.close()
 
     def visitor_of(self, browser_id=None, request=None, profile=None, oauth_token=None) -> Visitor:
         """Who is asking: the local user, or a Space visitor (their login, else this browser, else this API

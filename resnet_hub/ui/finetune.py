@@ -10,6 +10,7 @@ from ..errors import ResNetHubError
 from ..finetune_config import FREEZE_ADVICE, FinetuneConfig
 from ..services.publish import model_downloads, push_stored_model
 from ..store import stored_model
+from .calibration_view import CalibrationView
 from .charts import CONFUSION_CORNER, PER_CLASS_HEADERS, accuracy_curves, confusion_table, confusion_widths, loss_curve
 from .common import UPLOAD_LIMIT, PageParts, gpu, model_chooser
 from .context import AppContext
@@ -135,6 +136,7 @@ def build_finetune_tab(ctx: AppContext, visitor_state: gr.State, parts: PagePart
                 confusion = gr.Dataframe(label="Confusion matrix (validation; rows: true class, columns: predicted). "
                                                "Click a cell to see its images.", interactive=False,
                                          headers=[CONFUSION_CORNER], wrap=True, elem_id="finetune-confusion")
+                calibration = CalibrationView.build()
                 per_class = gr.Dataframe(label="Per class (validation): precision, recall, F1, support",
                                          interactive=False, headers=PER_CLASS_HEADERS, elem_id="finetune-per-class")
                 with gr.Row():
@@ -332,11 +334,13 @@ def build_finetune_tab(ctx: AppContext, visitor_state: gr.State, parts: PagePart
                  "finetune_fixed")):
             # Several may be in the handler: one trains (resnet_hub.training_slot), the others show their place in
             # line, which a run held in Gradio's own queue could not.
-            button.click(handler, inputs, run_outputs, api_name=api_name, concurrency_limit=4,
-                         concurrency_id="finetune", show_progress="minimal",
-                         ).then(idle_button, None, start, api_name=False, queue=False
-                         ).then(results_view, [job_id, visitor_state],
-                                [per_class, true_class, predicted_class, mistakes, mistakes_caption], api_name=False)
+            finished = button.click(handler, inputs, run_outputs, api_name=api_name, concurrency_limit=4,
+                                    concurrency_id="finetune", show_progress="minimal",
+                                    ).then(idle_button, None, start, api_name=False, queue=False
+                                    ).then(results_view, [job_id, visitor_state],
+                                           [per_class, true_class, predicted_class, mistakes, mistakes_caption],
+                                           api_name=False)
+            calibration.wire(button, finished, jobs, ctx, job_id, visitor_state)
         stop_btn.click(stop, [job_id, visitor_state], None, api_name="stop_finetune", queue=False)
         cancel_btn.click(cancel, [job_id, visitor_state], None, api_name="cancel_finetune", queue=False)
         confusion.select(confusion_cell, [job_id, visitor_state],
