@@ -196,6 +196,20 @@ def test_accuracy_and_per_class_figures_match_scikit_learn(predictor, labelled_z
     assert len(report["mistakes"]) == sum(t != p_ for t, p_ in zip(y_true, y_pred))
 
 
+def test_evaluation_reports_the_calibration_error_of_its_answers(predictor, labelled_zip):
+    result = evaluate(predictor, labelled_zip, chunk=4)
+    truth = {"CAT": "cat", "coffee": "coffee", "rocket": "rocket"}
+    scored = [r for r in result.rows if r.answered]
+    confidence = np.array([r.confidence for r in scored])
+    right = np.array([truth[r.folder] == r.predicted for r in scored], dtype=float)
+    # 15 equal-width bins of the top confidence: the gap between accuracy and confidence, weighted by the bin's share
+    bins = np.minimum((confidence * 15).astype(int), 14)
+    expected = sum(abs(right[bins == b].mean() - confidence[bins == b].mean()) * (bins == b).mean()
+                   for b in np.unique(bins))
+    assert result.calibration_error == pytest.approx(expected, abs=1e-4)
+    assert result.to_dict()["calibration_error"] == result.calibration_error
+
+
 def test_folders_naming_no_class_give_predictions_only_and_say_why(predictor, tmp_path):
     path = tmp_path / "holiday.zip"
     with zipfile.ZipFile(path, "w") as z:
