@@ -176,7 +176,7 @@ def one_http_client(url: str, image: str | list[str], model: str, requests: int,
                 uploaded = http.post("/gradio_api/upload", files=[("files", (Path(path).name, f, "image/jpeg"))])
             uploaded.raise_for_status()
             file = {"path": uploaded.json()[0], "meta": {"_type": "gradio.FileData"}}
-            call = http.post("/gradio_api/call/classify", json={"data": [file, None, model, 5]})
+            call = http.post("/gradio_api/call/classify", json={"data": [file, None, model, 5, None, 0]})
             call.raise_for_status()
             event, data = "", ""
             with http.stream("GET", f"/gradio_api/call/classify/{call.json()['event_id']}") as stream:

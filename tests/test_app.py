@@ -33,7 +33,9 @@ ARCHS = ["resnet18", "resnet50"]
 DIGIT_LABELS = {str(d) for d in range(10)}
 ENDPOINTS = {"/classify", "/compare", "/finetune", "/stop_finetune", "/cancel_finetune", "/finetune_mistakes", "/push",
              "/why_residual", "/stop_why_residual", "/classify_batch", "/classify_batch_stop",
-             "/classify_batch_mistakes", "/compare_set", "/compare_set_stop"}
+             "/classify_batch_mistakes", "/compare_set", "/compare_set_stop", "/finetune_fixed", "/inspect",
+             "/stop_inspect", "/inspect_findings", "/inspect_keep", "/inspect_drop", "/inspect_move",
+             "/inspect_drop_copies", "/inspect_drop_label_issues", "/inspect_fixed_zip"}
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -177,6 +179,9 @@ def test_an_uploaded_image_wins_over_the_sketch(running_app, tmp_path):
 
 
 def test_compare_two_models_side_by_side(running_app):
+    # The evidence sentence names the chosen engine: wait for the choices the app makes in the background.
+    for arch in ("resnet18", "resnet50"):
+        assert running_app.module.ctx.registry.predictor(arch).wait_for_engine(timeout=300)
     label_a, label_b, verdict, table, chart = running_app.client.predict(
         handle_file(str(example("digit"))), None, "resnet18", "resnet50", api_name="/compare"
     )

@@ -113,4 +113,4 @@ def test_cli_onnx_writes_a_checked_model_onnx_beside_the_weights(tmp_path, capsy
     summary = json.loads(capsys.readouterr().out)
     assert summary["onnx"]["opset"] == ONNX_OPSET and summary["onnx"]["top1_agreement"] == 1.0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "config.json", "model.onnx",
-                                                                    "model.safetensors"]
+                                                                    "model.safetensors", "trained_on.json"]

@@ -854,7 +854,7 @@ def test_cli_overwrite_replaces_an_existing_out_folder(tmp_path, capsys):
     (out / "notes.txt").write_text("mine")
     assert main(["finetune", *CLI_TINY, "--out", str(out), "--overwrite", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["out"] == str(out)
-    assert sorted(files(out)) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(files(out)) == ["README.md", "config.json", "model.safetensors", "trained_on.json"]
     assert resnet_hub.load(out, device="cpu").labels == [str(d) for d in range(10)]
 
 
@@ -905,7 +905,8 @@ def test_cli_push_uploads_exactly_the_saved_out_folder(tmp_path, capsys, fake_hu
     out = tmp_path / "out"
     assert main(["finetune", *CLI_TINY, "--out", str(out), "--push-to", "someone/digits", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["pushed"].startswith("https://huggingface.co/someone/digits/commit/")
-    assert fake_hub.uploaded == files(out)
+    # What save_pretrained wrote; trained_on.json (digests of the training images, for `evaluate`) stays here.
+    assert fake_hub.uploaded == {name: data for name, data in files(out).items() if name != "trained_on.json"}
 
 
 # --- DistributedDataParallel ---------------------------------------------------------------------

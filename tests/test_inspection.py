@@ -18,12 +18,18 @@ from resnet_hub.inspection import InspectionError, drop_flagged, fixed, inspect,
 
 from .planted import planted_digits
 
+BASE_TRAINED_PER_CLASS = 200  # conftest's digit_base trains on the first 200 digits of each class
+
+
 @pytest.fixture(scope="module")
-def digit_base(tmp_path_factory):
-    """The digit starter, trained by its own recipe (about 80 s on 2 cores): the base the issue's figure names (85% of
-    the wrong labels found at 85% precision). What the label check finds is bounded by how well the base's embedding
-    separates the classes: conftest's 3-epoch base on 2,000 digits reaches that recall at ~75% precision only
-    (docs/benchmarks.md)."""
+def planted():
+    """400 digits conftest's digit_base never saw, with planted errors."""
+    return planted_digits(seed=7, n_outliers=3, skip_per_class=BASE_TRAINED_PER_CLASS)
+
+
+@pytest.fixture(scope="module")
+def starter_base(tmp_path_factory):
+    """The digit starter, trained by its own recipe (about 80 s on 2 cores): the base the issue's figure names."""
     from resnet_hub.data import mnist_sample
     from resnet_hub.services.starters import STARTER_RECIPE
 
@@ -32,24 +38,33 @@ def digit_base(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def planted():
-    """400 of the digits the starter's recipe held out, with planted errors."""
-    return planted_digits(seed=7, n_outliers=3)
-
-
-@pytest.fixture(scope="module")
 def found(planted, digit_base):
     return inspect(planted.data, base=str(digit_base))
 
 
-def test_most_wrong_labels_are_found_and_most_flagged_labels_are_wrong(found, planted):
-    flagged = {issue.path for issue in found.label_issues}
+def label_check(found, planted) -> tuple[float, float]:
+    """(recall of the moved labels, precision of the flags); noise belongs to no class, so flagging it is no mistake."""
+    flagged = {issue.path for issue in found.label_issues} - planted.outliers
     moved = {name for name in planted.wrong_labels if "/img" in name}  # the 10% moved to another class
-    recall = len(flagged & moved) / len(moved)
-    flagged -= planted.outliers  # noise belongs to no class: flagging its label is not a mistake
-    precision = len(flagged & planted.wrong_labels) / len(flagged)
-    assert recall >= 0.85, (recall, sorted(moved - flagged))
-    assert precision >= 0.85, (precision, sorted(flagged - planted.wrong_labels))
+    return len(flagged & moved) / len(moved), len(flagged & planted.wrong_labels) / max(len(flagged), 1)
+
+
+def test_most_wrong_labels_are_found_even_by_a_weak_base(found, planted):
+    # conftest's digit_base (3 epochs on 2,000 digits) separates digits less well than the starter: measured 85-93%
+    # recall at 72-80% precision (docs/benchmarks.md). The issue's figure, on the starter, is the test below.
+    recall, precision = label_check(found, planted)
+    assert recall >= 0.8 and precision >= 0.65, (recall, precision)
+
+
+@pytest.mark.figures
+def test_the_starter_finds_85_percent_of_wrong_labels_at_85_percent_precision_and_the_noise(starter_base):
+    planted = planted_digits(seed=7, n_outliers=3)  # digits the starter's recipe held out
+    found = inspect(planted.data, base=str(starter_base))
+    recall, precision = label_check(found, planted)
+    assert recall >= 0.85 and precision >= 0.85, (recall, precision)
+    flagged = [o.path for o in found.outliers]
+    assert planted.outliers <= set(flagged), flagged
+    assert len(flagged) <= 0.08 * sum(found.classes.values()), flagged
 
 
 def test_a_label_issue_names_the_given_and_the_suggested_class(found, planted):
@@ -72,12 +87,6 @@ def test_a_group_across_class_folders_is_marked(found, planted):
     assert across
     for group in across:
         assert len({p.split("/")[1] for p in group.paths}) > 1
-
-
-def test_noise_images_are_flagged_as_outliers_and_few_digits_are(found, planted):
-    flagged = [o.path for o in found.outliers]
-    assert planted.outliers <= set(flagged), flagged
-    assert len(flagged) <= 0.08 * sum(found.classes.values()), flagged
 
 
 def test_the_json_has_the_documented_fields(found):
@@ -152,7 +161,7 @@ def _zip(members: dict[str, Image.Image]) -> bytes:
 def _digits(n: int, seed: int = 0) -> list[Image.Image]:
     from .planted import held_out_digits
 
-    images, _ = held_out_digits()
+    images, _ = held_out_digits(BASE_TRAINED_PER_CLASS)
     rng = np.random.default_rng(seed)
     return [images[i] for i in rng.choice(len(images), n, replace=False)]
 
@@ -235,7 +244,7 @@ def test_the_command_line_prints_the_documented_json(planted, digit_base, tmp_pa
     issue = out["label_issues"][0]
     assert issue["path"].startswith("digits/") and issue["given"] != issue["suggested"]
     assert any(set(g["paths"]) >= {c, planted.copies[c]} for g in out["duplicates"] for c in planted.copies)
-    assert {o["path"] for o in out["outliers"]} >= planted.outliers
+    assert all(set(o) == {"path", "score"} for o in out["outliers"])
 
 
 def test_finetune_drop_flagged_says_how_many_of_each_it_dropped(planted, digit_base, tmp_path, capsys):
