@@ -461,11 +461,7 @@ def _bench_finetune(args: argparse.Namespace) -> dict[str, Any]:
                                 freezes=tuple(args.freezes), precision=args.precision, device=args.device,
                                 wall_arch=None if args.wall_arch == "none" else args.wall_arch,
                                 log=None if args.json else print)
-    if not args.json:
-        print_table(report["rows"])
-        for note in report["notes"]:
-            print(f"note: {note}")
-    return report
+    return _printed(report, args)
 
 
 def _bench_first_answer(args: argparse.Namespace) -> dict[str, Any]:
@@ -474,6 +470,11 @@ def _bench_first_answer(args: argparse.Namespace) -> dict[str, Any]:
 
     report = run_first_answer_bench(model_source(args.model, allow_paths=True), runs=args.runs, device=args.device,
                                     log=None if args.json else print)
+    return _printed(report, args)
+
+
+def _printed(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """A benchmark's table and notes, unless --json (then main prints the report itself)."""
     if not args.json:
         print_table(report["rows"])
         for note in report["notes"]:

@@ -105,13 +105,18 @@ class FinetuneResult:
 # Steps of a run
 
 
+def scratch_preprocessing(kind: str) -> Preprocessing:
+    """What a ``scratch:ARCH`` base sees of data of ``kind``: digits whole at 32 px, photos at 224 px."""
+    digits = kind == "digits"
+    return Preprocessing(input_size=32 if digits else 224, crop_pct=1.0 if digits else 0.875)
+
+
 def build_model(config: FinetuneConfig, dataset: ImageDataset, device: torch.device) -> HubResNet:
     """The base model with a new head for the dataset's classes (the base itself is never modified)."""
     if config.base.startswith("scratch:"):
         arch = config.base.split(":", 1)[1]
-        digits = dataset.kind == "digits"
-        preprocessing = Preprocessing(input_size=32 if digits else 224, crop_pct=1.0 if digits else 0.875)
-        model = create(arch, num_classes=len(dataset.classes), labels=dataset.classes, preprocessing=preprocessing,
+        model = create(arch, num_classes=len(dataset.classes), labels=dataset.classes,
+                       preprocessing=scratch_preprocessing(dataset.kind),
                        zero_init_residual=config.zero_init_residual).to(device)
     else:
         model = _load_base(config, dataset, device)

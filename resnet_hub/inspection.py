@@ -163,12 +163,9 @@ def base_model(base: str, image_size: int | None, dataset: ImageDataset) -> tupl
 
     name = source_label(base)
     if base.startswith("scratch:"):
-        arch = base.split(":", 1)[1]
-        digits = dataset.kind == "digits"
-        from .weights import Preprocessing
+        from .finetune import scratch_preprocessing  # the fine-tune's own: the embedding is what it would train on
 
-        model = create(arch, preprocessing=Preprocessing(input_size=32 if digits else 224,
-                                                         crop_pct=1.0 if digits else 0.875))
+        model = create(base.split(":", 1)[1], preprocessing=scratch_preprocessing(dataset.kind))
         warning = (f"{base} has random weights: its embedding knows nothing of images yet, so what it flags means "
                    f"little. Inspect with a trained base (a pretrained ResNet, or a model fine-tuned on similar data)")
     else:

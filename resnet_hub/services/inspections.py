@@ -31,7 +31,6 @@ class InspectionJob(OwnedJob):
     base: str = field(kw_only=True)
     data_name: str = ""
     result: Inspection | None = None
-    waited: bool = False  # stopped before its turn came: nothing ran
 
 
 class Inspections:
@@ -60,8 +59,7 @@ class Inspections:
     def _run(self, job: InspectionJob, dataset: ImageDataset, image_size: int | None) -> None:
         try:
             if not self.slot.wait_turn(job.ticket, stop=job.stop):
-                job.waited = True
-                return
+                return  # stopped before its turn came: nothing ran, result stays None
             lower_this_threads_priority()  # single-image requests first
             base = job.base
             if not base.startswith("scratch:"):
@@ -77,7 +75,7 @@ class Inspections:
                 while len(self._kept) > MAX_KEPT:
                     self._kept.popitem(last=False)
         except InspectionStopped:
-            job.waited = False
+            pass  # stopped by its owner: nothing found, nothing kept
         except ResNetHubError as e:
             job.error = str(e)
         except Exception as e:  # noqa: BLE001 - the visitor hears of any failure; the app keeps serving
