@@ -50,7 +50,6 @@ class Inspections:
         dataset = read_for_inspection(data)
         job = InspectionJob(uuid.uuid4().hex, visitor=visitor, base=base, data_name=dataset.name)
         with self._lock:
-            job.ticket = self.slot.enter(f"the inspection of {dataset.name}")
             self._running[job.id] = job
         threading.Thread(target=self._run, args=(job, dataset, image_size), name=f"inspect-{job.id[:8]}",
                          daemon=True).start()
@@ -58,12 +57,15 @@ class Inspections:
 
     def _run(self, job: InspectionJob, dataset: ImageDataset, image_size: int | None) -> None:
         try:
-            if not self.slot.wait_turn(job.ticket, stop=job.stop):
-                return  # stopped before its turn came: nothing ran, result stays None
-            lower_this_threads_priority()  # single-image requests first
+            # The base first, before joining the line: a starter still training needs the training slot itself, so
+            # waiting for it from a place in line would wait forever (a fine-tune resolves its base first too).
             base = job.base
             if not base.startswith("scratch:"):
                 base = self.registry.base_source(base, visitor=job.visitor)
+            job.ticket = self.slot.enter(f"the inspection of {job.data_name}")
+            if not self.slot.wait_turn(job.ticket, stop=job.stop):
+                return  # stopped before its turn came: nothing ran, result stays None
+            lower_this_threads_priority()  # single-image requests first
             if image_size is None:  # the size the app's fine-tune of this data would use: its embeddings are reused
                 image_size = own_input_size(base, dataset.kind) or IMAGE_SIZE.get(dataset.kind, IMAGE_SIZE["photo"])
             job.result = inspect(dataset, base=base, image_size=image_size,
@@ -82,7 +84,8 @@ class Inspections:
             logger.exception("inspection %s failed", job.id)
             job.error = f"the inspection failed: {type(e).__name__}: {e}"
         finally:
-            self.slot.leave(job.ticket)
+            if job.ticket is not None:
+                self.slot.leave(job.ticket)
             with self._lock:
                 self._running.pop(job.id, None)
             job.done.set()
